@@ -1,0 +1,71 @@
+"""Device memory plan of one replica: weights, activation workspace, and what is left for the KV cache."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import ScenarioError
+from ..hardware import HardwareProfile
+from ..model import ModelSpec
+from .step import Precision
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """Per device of the replica. All sizes in bytes."""
+
+    capacity_bytes: float
+    usable_bytes: float              # capacity * gpu_memory_utilization
+    weight_bytes: float
+    activation_bytes: float          # peak transient workspace of one iteration
+    kv_bytes: float                  # what remains for the KV cache
+    kv_bytes_per_token: float        # all layers, K and V, this device's heads
+    kv_capacity_tokens: int
+    num_blocks: int
+    block_size: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def weight_bytes_per_device(model: ModelSpec, precision: Precision, tp: int) -> float:
+    return model.num_params * precision.weight_bytes / tp
+
+
+def activation_bytes_per_device(model: ModelSpec, precision: Precision, tp: int,
+                                max_num_batched_tokens: int, max_num_seqs: int) -> float:
+    """Peak transient memory of a forward pass over the token budget: a few hidden-size buffers, the FFN
+    intermediate (up and gate) and fp32 logits for every sequence that samples."""
+    T = max_num_batched_tokens
+    hidden = 4 * T * model.hidden_size
+    ffn = T * model.ffn_matrices * model.ffn_size * min(model.experts_per_token, model.num_experts) / tp
+    logits_bytes = max_num_seqs * model.vocab_size / tp * 4.0
+    return (hidden + ffn) * precision.act_bytes + logits_bytes
+
+
+def plan_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int,
+                gpu_memory_utilization: float, max_num_batched_tokens: int, max_num_seqs: int,
+                block_size: int) -> MemoryPlan:
+    """Raises :class:`ScenarioError` (with the numbers) when weights and workspace do not fit."""
+    capacity = hw.weight_memory_bytes
+    usable = capacity * gpu_memory_utilization
+    weights = weight_bytes_per_device(model, precision, tp)
+    acts = activation_bytes_per_device(model, precision, tp, max_num_batched_tokens, max_num_seqs)
+    kv_heads = max(1.0, model.num_kv_heads / tp)
+    per_token = 2 * model.num_layers * kv_heads * model.head_size * precision.kv_bytes
+    if weights > usable:
+        raise ScenarioError(
+            "deployment.tensor_parallel",
+            f"{model.name} needs {weights / 1e9:.1f} GB of weights per device at tensor_parallel={tp} "
+            f"({precision.weight_bytes:g} bytes/param), but {hw.name} has {capacity / 1e9:.1f} GB "
+            f"({usable / 1e9:.1f} GB usable at gpu_memory_utilization={gpu_memory_utilization:g}); "
+            f"raise tensor_parallel or use a smaller weight precision")
+    kv = usable - weights - acts
+    blocks = int(kv // (per_token * block_size)) if kv > 0 else 0
+    if blocks < 1:
+        raise ScenarioError(
+            "kv_cache.gpu_memory_utilization",
+            f"no room for the KV cache: {usable / 1e9:.2f} GB usable - {weights / 1e9:.2f} GB weights - "
+            f"{acts / 1e9:.2f} GB activations (max_num_batched_tokens={max_num_batched_tokens}) leaves "
+            f"less than one block of {block_size} tokens; raise tensor_parallel, the memory fraction, or "
+            f"lower scheduler.max_num_batched_tokens")
+    return MemoryPlan(capacity, usable, weights, acts, kv, per_token, blocks * block_size, blocks, block_size)

@@ -1,0 +1,101 @@
+"""Roofline time of one kernel, per operator class. Pure functions; SI units in the names.
+
+Each operator's time is ``overhead + max(compute, memory)`` where compute is FLOPs over the achievable
+FLOP rate and memory is bytes over the achievable bandwidth. The achievable fractions and the overhead
+are the per-operator-class parameters of :class:`simserve.hardware.OpEfficiency`, fitted by
+``simserve calibrate``. Collectives use the link's bandwidth and latency instead of memory.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..hardware import OpEfficiency
+
+COMPUTE, MEMORY, NETWORK, OVERHEAD = "compute", "memory", "network", "overhead"
+
+
+@dataclass(frozen=True, slots=True)
+class OpTime:
+    """Time of one kernel split by what set it. ``time_s = overhead_s + max(compute_s, memory_s) + network_s``."""
+
+    time_s: float
+    bound: str
+    flops: float
+    bytes: float
+
+
+def roofline_s(flops: float, bytes_: float, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+    """The roofline: compute- or memory-bound time plus the kernel's fixed overhead."""
+    compute_s = flops / (peak_flops_s * eff.flops_fraction)
+    memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    overhead_s = eff.overhead_us * 1e-6
+    body_s = compute_s if compute_s >= memory_s else memory_s
+    bound = COMPUTE if compute_s >= memory_s else MEMORY
+    if overhead_s > body_s:
+        bound = OVERHEAD
+    return OpTime(overhead_s + body_s, bound, flops, bytes_)
+
+
+def gemm_flops(m: float, n: float, k: float) -> float:
+    """An (m x k) @ (k x n) matrix product: one multiply and one add per term."""
+    return 2.0 * m * n * k
+
+
+def gemm_bytes(m: float, n: float, k: float, weight_bytes: float, act_bytes: float) -> float:
+    """Weights (k x n) read once, activations (m x k) read and (m x n) written."""
+    return k * n * weight_bytes + (m * k + m * n) * act_bytes
+
+
+def gemm_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float,
+              peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+    return roofline_s(gemm_flops(m, n, k), gemm_bytes(m, n, k, weight_bytes, act_bytes),
+                      peak_flops_s, bandwidth_bytes_s, eff)
+
+
+def prefill_attention_flops(num_heads: float, head_dim: float, sum_q_ctx: float, sum_q_sq: float, num_tokens: float) -> float:
+    """Causal attention over new tokens. Query j (0-based) of a chunk with ``c`` cached tokens sees
+    ``c + j + 1`` keys, so a chunk of ``q`` queries scores ``q*c + q*(q+1)/2`` pairs; QK^T and PV each cost
+    ``2 * head_dim`` FLOPs per pair and head."""
+    pairs = sum_q_ctx + 0.5 * (sum_q_sq + num_tokens)
+    return 4.0 * num_heads * head_dim * pairs
+
+
+def attention_bytes(num_heads: float, num_kv_heads: float, head_dim: float, num_tokens: float,
+                    kv_tokens_read: float, act_bytes: float, kv_bytes: float) -> float:
+    """Fused (FlashAttention-style) kernel: Q read and O written once, new K/V written to the cache,
+    and every cached plus new K/V token read once per sequence."""
+    q_and_o = 2.0 * num_tokens * num_heads * head_dim * act_bytes
+    kv_write = 2.0 * num_tokens * num_kv_heads * head_dim * kv_bytes
+    kv_read = 2.0 * kv_tokens_read * num_kv_heads * head_dim * kv_bytes
+    return q_and_o + kv_write + kv_read
+
+
+def decode_attention_flops(num_heads: float, head_dim: float, sum_ctx_plus_one: float) -> float:
+    """One query per sequence against its whole context (cached tokens plus itself)."""
+    return 4.0 * num_heads * head_dim * sum_ctx_plus_one
+
+
+def elementwise_time(num_elements: float, flops_per_element: float, bytes_per_element: float,
+                     peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+    """Norms, activations, rotary embedding, residual adds: streaming kernels, usually memory-bound."""
+    return roofline_s(num_elements * flops_per_element, num_elements * bytes_per_element,
+                      peak_flops_s, bandwidth_bytes_s, eff)
+
+
+def allreduce_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_s: float,
+                   link_latency_s: float, eff: OpEfficiency) -> OpTime:
+    """Ring all-reduce: each device sends and receives ``2 (p-1)/p`` of the message, in ``2 (p-1)`` hops."""
+    if num_devices <= 1:
+        return OpTime(0.0, NETWORK, 0.0, 0.0)
+    p = num_devices
+    wire_bytes = 2.0 * (p - 1) / p * message_bytes
+    wire_s = wire_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
+    latency_s = 2.0 * (p - 1) * link_latency_s + eff.overhead_us * 1e-6
+    return OpTime(wire_s + latency_s, NETWORK, 0.0, wire_bytes)
+
+
+def send_recv_time(message_bytes: float, link_bandwidth_bytes_s: float, link_latency_s: float,
+                   eff: OpEfficiency) -> OpTime:
+    """Point-to-point transfer (pipeline stages, KV transfer)."""
+    wire_s = message_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
+    return OpTime(wire_s + link_latency_s + eff.overhead_us * 1e-6, NETWORK, 0.0, message_bytes)

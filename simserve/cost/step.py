@@ -1,0 +1,139 @@
+"""The roofline step-time model: one iteration of a transformer, assembled from operator kernels.
+
+Per layer (each device of a tensor-parallel group holds 1/tp of the heads and FFN columns):
+input norm, QKV GEMM, rotary embedding, attention (prefill and decode kernels), O GEMM, all-reduce,
+residual add, post-attention norm, FFN up(+gate) GEMM, activation, down GEMM (or the routed experts of
+an MoE layer), all-reduce, residual add. Then the final norm and the LM head on the sequences that
+sample a token, plus a fixed per-iteration framework overhead.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..hardware import DTYPE_BYTES, HardwareProfile
+from ..model import ModelSpec
+from . import ops
+from .batch import BatchShape
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """One iteration: its time, what bound it, and the work done (for MFU/MBU)."""
+
+    time_s: float
+    bound: str          # compute | memory | network | overhead: the class that took the most time
+    flops: float        # per device
+    bytes: float        # per device (memory traffic; network bytes excluded)
+
+
+@dataclass(frozen=True, slots=True)
+class Precision:
+    weight_bytes: float
+    act_bytes: float
+    kv_bytes: float
+    compute_dtype: str
+
+    @staticmethod
+    def of(weights: str, activations: str, kv_cache: str) -> "Precision":
+        return Precision(DTYPE_BYTES[weights], DTYPE_BYTES[activations], DTYPE_BYTES[kv_cache], activations)
+
+
+class RooflineStep:
+    """Step time of one replica of ``model`` on ``tp`` devices of ``hw``. Pure: no state between calls."""
+
+    def __init__(self, model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int):
+        self.model, self.hw, self.prec, self.tp = model, hw, precision, tp
+        self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)
+        self.bw_bytes_s = hw.weight_bandwidth_bytes_s
+        link = hw.interconnect.intra_node if tp <= hw.interconnect.devices_per_node else hw.interconnect.inter_node
+        self.link_bw_bytes_s = link.bandwidth_gb_s * 1e9
+        self.link_latency_s = link.latency_us * 1e-6
+        m = model
+        self.heads = m.num_heads / tp
+        self.kv_heads = max(1.0, m.num_kv_heads / tp)   # KV heads are replicated when tp > num_kv_heads
+        self.qkv_n = (m.q_size + 2 * m.kv_size) / tp
+        self.o_k = m.q_size / tp
+        self.ffn_n = m.ffn_size / tp
+
+    def __call__(self, b: BatchShape) -> StepCost:
+        return self.step(b)
+
+    def layer_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
+        """The kernels of one decoder layer for batch ``b``, named."""
+        m, p, e, hw = self.model, self.prec, self.hw.efficiency, self.hw
+        T = b.num_tokens
+        pk, bw, d = self.peak_flops_s, self.bw_bytes_s, m.head_size
+        wb, ab, kb = p.weight_bytes, p.act_bytes, p.kv_bytes
+        out: list[tuple[str, ops.OpTime]] = []
+        norm = ops.elementwise_time(T * m.hidden_size, 5.0, 2 * ab, pk, bw, e.elementwise)
+        out.append(("input_norm", norm))
+        out.append(("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)))
+        out.append(("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pk, bw, e.elementwise)))
+        if b.prefill_seqs:
+            fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
+            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, b.prefill_kv, ab, kb)
+            out.append(("attn_prefill", ops.roofline_s(fl, by, pk, bw, e.attention_prefill)))
+        if b.decode_seqs:
+            fl = ops.decode_attention_flops(self.heads, d, b.decode_ctx)
+            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, b.decode_ctx - b.decode_seqs, ab, kb)
+            out.append(("attn_decode", ops.roofline_s(fl, by, pk, bw, e.attention_decode)))
+        out.append(("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)))
+        allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce)
+        add = ops.elementwise_time(T * m.hidden_size, 1.0, 3 * ab, pk, bw, e.elementwise)
+        if self.tp > 1:
+            out.append(("attn_allreduce", allreduce))
+        out.append(("attn_residual", add))
+        out.append(("post_attn_norm", norm))
+        out.extend(self._ffn_ops(T))
+        if self.tp > 1:
+            out.append(("ffn_allreduce", allreduce))
+        out.append(("ffn_residual", add))
+        return out
+
+    def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
+        m, p, e = self.model, self.prec, self.hw.efficiency
+        pk, bw, wb, ab = self.peak_flops_s, self.bw_bytes_s, p.weight_bytes, p.act_bytes
+        up_n = (m.ffn_matrices - 1) * self.ffn_n
+        act = ops.elementwise_time(T * self.ffn_n, 8.0, (m.ffn_matrices * ab), pk, bw, e.elementwise)
+        if m.num_experts == 1:
+            return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
+                    ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
+        # MoE: T*k token-expert pairs; the experts touched are read once each (expected count under
+        # uniform routing), the router is a small GEMM.
+        k, E = m.experts_per_token, m.num_experts
+        touched = E * (1.0 - (1.0 - k / E) ** T) if T else 0.0
+        pairs = T * k
+        flops = ops.gemm_flops(pairs, up_n, m.hidden_size) + ops.gemm_flops(pairs, m.hidden_size, self.ffn_n)
+        bytes_ = touched * (up_n + m.hidden_size) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + self.ffn_n) * ab
+        router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
+        experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
+        act = ops.elementwise_time(pairs * self.ffn_n, 8.0, m.ffn_matrices * ab, pk, bw, e.elementwise)
+        return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
+
+    def head_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
+        """Embedding lookup, final norm and LM head (vocabulary sharded over tp)."""
+        m, p, e = self.model, self.prec, self.hw.efficiency
+        pk, bw = self.peak_flops_s, self.bw_bytes_s
+        emb = ops.elementwise_time(b.num_tokens * m.hidden_size, 0.0, 2 * p.act_bytes, pk, bw, e.elementwise)
+        final = ops.elementwise_time(b.num_logits * m.hidden_size, 5.0, 2 * p.act_bytes, pk, bw, e.elementwise)
+        head = ops.gemm_time(b.num_logits, m.vocab_size / self.tp, m.hidden_size, p.weight_bytes, p.act_bytes, pk, bw, e.gemm)
+        return [("embedding", emb), ("final_norm", final), ("lm_head", head)]
+
+    def step(self, b: BatchShape) -> StepCost:
+        """Time of one iteration on this replica."""
+        if b.num_tokens == 0:
+            return StepCost(0.0, ops.OVERHEAD, 0.0, 0.0)
+        totals = {ops.COMPUTE: 0.0, ops.MEMORY: 0.0, ops.NETWORK: 0.0, ops.OVERHEAD: 0.0}
+        flops = bytes_ = 0.0
+        L = self.model.num_layers
+        for scale, group in ((L, self.layer_ops(b)), (1, self.head_ops(b))):
+            for _, op in group:
+                totals[op.bound] += scale * op.time_s
+                flops += scale * op.flops
+                if op.bound != ops.NETWORK:
+                    bytes_ += scale * op.bytes
+        totals[ops.OVERHEAD] += self.hw.efficiency.step_overhead_us * 1e-6
+        time_s = math.fsum(totals.values())
+        bound = max(totals, key=totals.get)
+        return StepCost(time_s, bound, flops, bytes_)

@@ -1,0 +1,135 @@
+"""Builds the simulated cluster from a resolved scenario and runs it: arrivals -> router -> replicas."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from .. import policies, workload
+from ..scenario import Resolved
+from ..workload.specs import RequestSpecs
+from .kv import BlockManager
+from .replica import Replica
+from .request import COMPLETED, REJECTED, UNFINISHED, Request
+
+
+@dataclass
+class RunRecord:
+    """Everything a run produced, before it is summarised."""
+
+    requests: list[Request]
+    itl_s: np.ndarray
+    replicas: list[Replica]
+    duration_s: float
+    num_requests: int
+
+
+class Cluster:
+    """Replicas behind a router, fed by the workload. ``run()`` returns a :class:`RunRecord`."""
+
+    def __init__(self, resolved: Resolved, specs: RequestSpecs, step_scale: float = 1.0):
+        cfg = resolved.config
+        self.resolved = resolved
+        self.specs = specs
+        self.env = simpy.Environment()
+        self.itl: list[float] = []
+        self.requests: list[Request] = []
+        self.num_done = 0
+        self.done = self.env.event()
+        base_cost = policies.COST_MODELS.impl(cfg.cost_model.kind)(
+            cfg.cost_model, resolved.model, resolved.hardware, resolved.precision, cfg.deployment.tensor_parallel)
+        cost = base_cost if step_scale == 1.0 else _scaled(base_cost, step_scale)
+        sched_cls = policies.SCHEDULERS.impl(cfg.scheduler.policy)
+        plan = resolved.memory
+        self.replicas = [
+            Replica(self.env, i, sched_cls(cfg.scheduler, BlockManager(plan.num_blocks, plan.block_size)),
+                    cost, self.itl, self._finished)
+            for i in range(cfg.deployment.replicas)
+        ]
+        self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
+        self.kv_capacity_tokens = plan.num_blocks * plan.block_size
+
+    # --- request lifecycle -----------------------------------------------------------------------
+    def submit(self, req: Request) -> None:
+        self.requests.append(req)
+        if req.prompt_tokens + req.output_tokens > self.resolved.max_model_len:
+            return self._reject(req, "exceeds_max_model_len")
+        if req.max_kv_tokens > self.kv_capacity_tokens:
+            return self._reject(req, "exceeds_kv_capacity")
+        self.replicas[self.router.route(req, self.replicas)].submit(req)
+
+    def _reject(self, req: Request, reason: str) -> None:
+        req.outcome, req.reason = REJECTED, reason
+        self._count(req)
+
+    def _finished(self, req: Request) -> None:
+        req.outcome = COMPLETED
+        self._count(req)
+
+    def _count(self, req: Request) -> None:
+        self.num_done += 1
+        if req.on_done is not None:
+            req.on_done(req)
+        if self.num_done == len(self.specs) and not self.done.triggered:
+            self.done.succeed()
+
+    # --- arrival processes -----------------------------------------------------------------------
+    def _new(self, i: int) -> Request:
+        s = self.specs
+        return Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]))
+
+    def open_loop(self):
+        env, arrivals = self.env, self.specs.arrival_s
+        for i in range(len(arrivals)):
+            t = float(arrivals[i])
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            self.submit(self._new(i))
+
+    def user(self, next_index: list[int]):
+        env = self.env
+        while next_index[0] < len(self.specs):
+            i = next_index[0]
+            next_index[0] += 1
+            req = self._new(i)
+            answered = env.event()
+            req.on_done = lambda _r, ev=answered: ev.succeed()
+            self.submit(req)
+            yield answered
+            if self.specs.think_time_s > 0:
+                yield env.timeout(self.specs.think_time_s)
+
+    def run(self) -> RunRecord:
+        env = self.env
+        if self.specs.closed_loop_users is not None:
+            counter = [0]
+            for _ in range(self.specs.closed_loop_users):
+                env.process(self.user(counter))
+        else:
+            env.process(self.open_loop())
+        if len(self.specs) == 0:
+            self.done.succeed()
+        limit = self.resolved.config.run.max_duration_s
+        until = self.done if limit is None else env.any_of([self.done, env.timeout(limit)])
+        env.run(until=until)
+        for req in self.requests:
+            if not req.outcome:
+                req.outcome = UNFINISHED
+        return RunRecord(self.requests, np.asarray(self.itl, dtype=float), self.replicas, env.now, len(self.specs))
+
+
+def _scaled(cost_fn, factor: float):
+    """Step times multiplied by ``factor`` (error bands)."""
+    from ..cost.step import StepCost
+
+    def scaled(shape):
+        c = cost_fn(shape)
+        return StepCost(c.time_s * factor, c.bound, c.flops, c.bytes)
+    return scaled
+
+
+def run(resolved: Resolved, step_scale: float = 1.0) -> RunRecord:
+    rng = np.random.default_rng(resolved.config.seed)
+    specs = workload.build(resolved.config.workload, rng, resolved.base_dir)
+    return Cluster(resolved, specs, step_scale).run()

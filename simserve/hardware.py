@@ -1,0 +1,143 @@
+"""Hardware profiles: frozen data read from ``hardware_profiles/*.yaml``, every number with a source.
+
+Units are in the field names. Bandwidths are per device and per direction. ``efficiency`` holds the
+step-time core's achievable fractions and fixed overheads per operator class; ``simserve calibrate``
+fits them against measured kernel timings and records how in ``calibration``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from . import resources
+from .config.base import Frozen, validate
+from .config.yamlio import load_file
+from .errors import ScenarioError
+
+Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4", "int4"]
+
+DTYPE_BYTES: dict[str, float] = {
+    "fp32": 4.0, "tf32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5,
+}
+
+
+class Memory(Frozen):
+    capacity_gb: float = Field(gt=0, description="Device memory (HBM/GDDR) in 1e9 bytes")
+    bandwidth_gb_s: float = Field(gt=0, description="Peak device memory bandwidth, 1e9 bytes/s")
+
+
+class Sram(Frozen):
+    capacity_mb: float = Field(gt=0, description="On-chip SRAM usable for weights/KV, 1e6 bytes")
+    bandwidth_tb_s: float = Field(gt=0, description="On-chip SRAM bandwidth, 1e12 bytes/s")
+
+
+class Link(Frozen):
+    bandwidth_gb_s: float = Field(gt=0, description="Per device, per direction, 1e9 bytes/s")
+    latency_us: float = Field(ge=0, description="One-way latency of a small message, microseconds")
+
+
+class Interconnect(Frozen):
+    devices_per_node: int = Field(ge=1, description="Devices sharing the intra-node fabric")
+    intra_node: Link = Field(description="NVLink-class fabric inside a node")
+    inter_node: Link = Field(description="Network between nodes (InfiniBand/RoCE or vendor fabric)")
+
+
+class Power(Frozen):
+    idle_w: float = Field(ge=0, description="Power of an idle device, watts")
+    busy_w: float = Field(gt=0, description="Power of a device running a batch, watts")
+
+
+class Price(Frozen):
+    usd_per_device_hour: float = Field(gt=0)
+    date: str = Field(description="When this price was observed (YYYY-MM)")
+
+
+class OpEfficiency(Frozen):
+    """time = overhead + max(flops / (peak * flops_fraction), bytes / (bandwidth * bandwidth_fraction))."""
+
+    flops_fraction: float = Field(gt=0, le=1)
+    bandwidth_fraction: float = Field(gt=0, le=1)
+    overhead_us: float = Field(ge=0, description="Fixed launch/latency cost per kernel, microseconds")
+
+
+class Efficiency(Frozen):
+    gemm: OpEfficiency
+    attention_prefill: OpEfficiency
+    attention_decode: OpEfficiency
+    elementwise: OpEfficiency
+    allreduce: OpEfficiency = Field(description="bandwidth_fraction of the link's bus bandwidth; overhead per call")
+    send_recv: OpEfficiency
+    step_overhead_us: float = Field(ge=0, description="Per-iteration framework cost (scheduling, sampling, launch)")
+
+
+class Calibration(Frozen):
+    calibrated: bool = Field(description="True when efficiency was fitted to measurements of this device")
+    method: str = Field(description="How the efficiency numbers were obtained")
+    data_sha256: str | None = None
+    date: str | None = None
+    heldout_p90_abs_pct_err: float | None = Field(default=None, ge=0)
+
+
+class HardwareProfile(Frozen):
+    name: str
+    display_name: str
+    kind: Literal["gpu", "sram_accelerator"]
+    peak_tflops: dict[Dtype, float] = Field(description="Dense (non-sparse) peak per compute dtype, 1e12 FLOP/s")
+    memory: Memory | None = Field(default=None, description="Off-chip memory; absent on SRAM-only chips")
+    sram: Sram | None = None
+    host_link: Link = Field(description="Device <-> host memory link (PCIe or C2C)")
+    interconnect: Interconnect
+    power: Power
+    pricing: dict[str, Price] = Field(description="Pricing models; 'on_demand' is the default")
+    efficiency: Efficiency
+    calibration: Calibration
+    sources: dict[str, str] = Field(description="Dotted path of a number (or its group) -> where it comes from")
+
+    @model_validator(mode="after")
+    def _check(self) -> "HardwareProfile":
+        if self.memory is None and self.sram is None:
+            raise ValueError("a profile needs 'memory' or 'sram'")
+        if "on_demand" not in self.pricing:
+            raise ValueError("pricing needs an 'on_demand' entry")
+        for dtype, value in self.peak_tflops.items():
+            if value <= 0:
+                raise ValueError(f"peak_tflops.{dtype} must be > 0")
+        return self
+
+    # Derived quantities used by the cost model (bytes and seconds, never GB or us).
+    @property
+    def weight_memory_bytes(self) -> float:
+        """Capacity that holds weights and KV: HBM if present, else on-chip SRAM."""
+        if self.memory is not None:
+            return self.memory.capacity_gb * 1e9
+        return self.sram.capacity_mb * 1e6
+
+    @property
+    def weight_bandwidth_bytes_s(self) -> float:
+        if self.memory is not None:
+            return self.memory.bandwidth_gb_s * 1e9
+        return self.sram.bandwidth_tb_s * 1e12
+
+    def peak_flops_s(self, dtype: str) -> float:
+        """Peak dense FLOP/s for a compute dtype; ScenarioError if the device lacks it."""
+        if dtype not in self.peak_tflops:
+            known = ", ".join(sorted(self.peak_tflops))
+            raise ScenarioError("precision", f"{self.name} has no {dtype} compute; it supports: {known}")
+        return self.peak_tflops[dtype] * 1e12
+
+
+def load_profile(ref: str, base: Path | None = None, where: str = "hardware") -> HardwareProfile:
+    """Load a bundled profile by name or a profile file by path."""
+    path = resources.resolve("hardware_profiles", ref, base=base)
+    if path is None:
+        known = ", ".join(resources.bundled_names("hardware_profiles"))
+        raise ScenarioError(where, f"unknown profile '{ref}', known: {known} (or a path to a .yaml file)")
+    data = load_file(path)
+    if not isinstance(data, dict):
+        raise ScenarioError(str(path), "a hardware profile must be a mapping")
+    try:
+        return validate(HardwareProfile, data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path} {exc.path}", exc.reason) from None

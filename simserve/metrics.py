@@ -1,0 +1,181 @@
+"""The metric contract (docs/metrics.md): one definition of every reported number.
+
+Latencies follow vLLM ``bench serve``: TTFT is arrival -> first token; TPOT per request is
+``(e2el - ttft) / (output_tokens - 1)``; ITL is pooled over every streamed chunk of every request;
+E2EL is arrival -> last token. Throughputs divide by ``duration_s``, from t=0 (the first arrival) to
+the end of the run. Only simulated quantities appear: a seed gives identical bytes.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from .engine.request import COMPLETED, REJECTED, UNFINISHED
+from .engine.sim import RunRecord
+from .scenario import Resolved
+
+PERCENTILES = (50, 90, 99)
+REQUEST_COLUMNS = ["id", "replica", "outcome", "reason", "arrival_s", "first_token_s", "finish_s",
+                   "prompt_tokens", "output_tokens", "generated_tokens", "num_preemptions",
+                   "ttft_ms", "tpot_ms", "e2el_ms"]
+
+
+def requests_frame(rec: RunRecord) -> pd.DataFrame:
+    """One row per request, in id order. Latencies are NaN where they do not apply."""
+    rows = sorted(rec.requests, key=lambda r: r.id)
+    n = len(rows)
+    arrival = np.fromiter((r.arrival_s for r in rows), float, n)
+    first = np.fromiter((r.first_token_s for r in rows), float, n)
+    finish = np.fromiter((r.finish_s for r in rows), float, n)
+    gen = np.fromiter((r.num_generated for r in rows), np.int64, n)
+    out = np.fromiter((r.output_tokens for r in rows), np.int64, n)
+    first = np.where(first >= 0, first, np.nan)
+    finish = np.where(finish >= 0, finish, np.nan)
+    ttft = (first - arrival) * 1e3
+    e2el = (finish - arrival) * 1e3
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (e2el - ttft) / (out - 1), np.nan)
+    return pd.DataFrame({
+        "id": np.fromiter((r.id for r in rows), np.int64, n),
+        "replica": np.fromiter((r.replica for r in rows), np.int64, n),
+        "outcome": [r.outcome for r in rows],
+        "reason": [r.reason for r in rows],
+        "arrival_s": arrival, "first_token_s": first, "finish_s": finish,
+        "prompt_tokens": np.fromiter((r.prompt_tokens for r in rows), np.int64, n),
+        "output_tokens": out, "generated_tokens": gen,
+        "num_preemptions": np.fromiter((r.num_preemptions for r in rows), np.int64, n),
+        "ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el,
+    }, columns=REQUEST_COLUMNS)
+
+
+def _f(x) -> float | None:
+    """JSON-safe float: NaN/inf become null."""
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _stats(name: str, values: np.ndarray) -> dict:
+    values = values[~np.isnan(values)] if len(values) else values
+    out = {}
+    if len(values) == 0:
+        out[f"mean_{name}_ms"] = out[f"median_{name}_ms"] = out[f"std_{name}_ms"] = None
+        for p in PERCENTILES[1:]:
+            out[f"p{p}_{name}_ms"] = None
+        return out
+    out[f"mean_{name}_ms"] = _f(np.mean(values))
+    out[f"median_{name}_ms"] = _f(np.median(values))
+    out[f"std_{name}_ms"] = _f(np.std(values))
+    for p in PERCENTILES[1:]:
+        out[f"p{p}_{name}_ms"] = _f(np.percentile(values, p))
+    return out
+
+
+def meets_slo(df: pd.DataFrame, slo) -> np.ndarray:
+    """Boolean per row: completed and within every SLO bound that is set."""
+    ok = (df["outcome"] == COMPLETED).to_numpy().copy()
+    for key, col in (("ttft_ms", "ttft_ms"), ("tpot_ms", "tpot_ms"), ("e2el_ms", "e2el_ms")):
+        bound = getattr(slo, key)
+        if bound is not None:
+            vals = df[col].to_numpy()
+            # a single-token request has no TPOT: it cannot violate a TPOT bound
+            ok &= np.where(np.isnan(vals), key == "tpot_ms", vals <= bound)
+    return ok
+
+
+def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None) -> dict:
+    """The summary dict written to summary.json."""
+    cfg, hw = resolved.config, resolved.hardware
+    df = requests_frame(rec) if df is None else df
+    done = df[df["outcome"] == COMPLETED]
+    dur = rec.duration_s
+    per_s = (lambda x: x / dur) if dur > 0 else (lambda x: 0.0)
+    in_tok = int(done["prompt_tokens"].sum())
+    out_tok = int(done["output_tokens"].sum())
+    reasons = df.loc[df["outcome"] == REJECTED, "reason"].value_counts().sort_index()
+    s: dict = {
+        "scenario": cfg.name, "seed": cfg.seed, "model": resolved.model.name, "hardware": hw.name,
+        "num_requests": rec.num_requests,
+        "completed": int(len(done)),
+        "rejected": int((df["outcome"] == REJECTED).sum()),
+        "unfinished": int((df["outcome"] == UNFINISHED).sum()) + (rec.num_requests - len(df)),
+        "rejected_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "duration_s": _f(dur),
+        "total_input_tokens": in_tok, "total_output_tokens": out_tok,
+        "request_throughput": _f(per_s(len(done))),
+        "request_goodput": _f(per_s(int(meets_slo(df, cfg.slo).sum()))),
+        "output_throughput": _f(per_s(out_tok)),
+        "total_token_throughput": _f(per_s(in_tok + out_tok)),
+    }
+    s["slo"] = cfg.slo.model_dump()
+    s["slo_attainment"] = _f(meets_slo(df, cfg.slo).sum() / len(done)) if len(done) else None
+    for name, col in (("ttft", "ttft_ms"), ("tpot", "tpot_ms"), ("e2el", "e2el_ms")):
+        s.update(_stats(name, done[col].to_numpy(dtype=float)))
+    s.update(_stats("itl", rec.itl_s * 1e3))
+    e2el_s = done["e2el_ms"].to_numpy() / 1e3
+    ttft_s = done["ttft_ms"].to_numpy() / 1e3
+    outs = done["output_tokens"].to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        user_tps = outs / e2el_s
+        decode_tps = np.where(outs > 1, (outs - 1) / (e2el_s - ttft_s), np.nan)
+    s["mean_user_output_tps"] = _f(np.mean(user_tps)) if len(outs) else None
+    s["mean_user_decode_tps"] = _f(np.nanmean(decode_tps)) if np.any(~np.isnan(decode_tps)) else None
+    s.update(_utilisation(resolved, rec))
+    s.update(_cost(resolved, rec, in_tok, out_tok))
+    s["memory_per_device"] = {k: (_f(v) if isinstance(v, float) else v) for k, v in resolved.memory.as_dict().items()}
+    return s
+
+
+def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
+    hw, tp = resolved.hardware, resolved.config.deployment.tensor_parallel
+    dur = rec.duration_s
+    stats = [r.stats for r in rec.replicas]
+    busy = sum(st.busy_s for st in stats)
+    iters = sum(st.iterations for st in stats)
+    peak_flops = hw.peak_flops_s(resolved.precision.compute_dtype)
+    peak_bw = hw.weight_bandwidth_bytes_s
+    replica_time = dur * len(stats)
+    bound_s: dict[str, float] = {}
+    for st in stats:
+        for k, v in st.bound_s.items():
+            bound_s[k] = bound_s.get(k, 0.0) + v
+    blocks = resolved.memory.num_blocks
+    return {
+        "iterations": iters,
+        "mean_batch_size": _f(sum(st.sum_batch_seqs for st in stats) / iters) if iters else None,
+        "device_utilization": _f(busy / replica_time) if replica_time > 0 else None,
+        # FLOPs and bytes are per device; every device of a replica does the same work
+        "mfu": _f(sum(st.flops for st in stats) / (replica_time * peak_flops)) if replica_time > 0 else None,
+        "mbu": _f(sum(st.bytes for st in stats) / (replica_time * peak_bw)) if replica_time > 0 else None,
+        "step_bound_fraction": {k: _f(v / busy) for k, v in sorted(bound_s.items())} if busy > 0 else {},
+        "peak_kv_utilization": _f(max(st.peak_kv_blocks for st in stats) / blocks),
+        "peak_waiting_requests": max(st.peak_waiting for st in stats),
+        "peak_running_requests": max(st.peak_running for st in stats),
+        "preemptions": sum(r.scheduler.num_preemptions for r in rec.replicas),
+    }
+
+
+def _cost(resolved: Resolved, rec: RunRecord, in_tok: int, out_tok: int) -> dict:
+    """Provisioned cost: every device of the deployment for the whole run, idle time included."""
+    hw, cfg = resolved.hardware, resolved.config
+    price = hw.pricing[cfg.pricing]
+    devices = resolved.num_devices
+    hours = devices * rec.duration_s / 3600.0
+    cost = hours * price.usd_per_device_hour
+    tp = cfg.deployment.tensor_parallel
+    busy_device_s = sum(r.stats.busy_s for r in rec.replicas) * tp
+    idle_device_s = devices * rec.duration_s - busy_device_s
+    energy_j = busy_device_s * hw.power.busy_w + idle_device_s * hw.power.idle_w
+    per_m = lambda tokens: _f(cost / tokens * 1e6) if tokens else None  # noqa: E731
+    return {
+        "devices": devices, "device_hours": _f(hours), "pricing_model": cfg.pricing,
+        "usd_per_device_hour": price.usd_per_device_hour, "price_date": price.date,
+        "cost_usd": _f(cost),
+        "cost_per_million_output_tokens_usd": per_m(out_tok),
+        "cost_per_million_input_tokens_usd": per_m(in_tok),
+        "cost_per_million_total_tokens_usd": per_m(in_tok + out_tok),
+        "energy_wh": _f(energy_j / 3600.0),
+        "output_tokens_per_joule": _f(out_tok / energy_j) if energy_j > 0 else None,
+        "total_tokens_per_joule": _f((in_tok + out_tok) / energy_j) if energy_j > 0 else None,
+    }

@@ -1,0 +1,56 @@
+"""Continuous (iteration-level) batching, vLLM style: running requests first, then the waiting queue
+FCFS, all under one token budget. With ``chunked_prefill`` a long prompt is split across iterations
+and shares them with decodes; without it, an iteration is either whole prompts or decodes (vLLM v0),
+so a long prompt stalls every running decode."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from ..cost.batch import BatchAccumulator
+from ..engine.scheduler import Scheduler, SchedulerParams, Step
+from .registry import SCHEDULERS
+
+
+class ContinuousParams(SchedulerParams):
+    policy: Literal["continuous"] = "continuous"
+    chunked_prefill: bool = Field(True, description="Split prompts to fit the token budget")
+
+
+@SCHEDULERS.register(ContinuousParams)
+class ContinuousBatching(Scheduler):
+    """Iteration-level batching with optional chunked prefill and preemption by recompute."""
+
+    def schedule(self) -> Step | None:
+        reqs: list = []
+        news: list = []
+        acc = BatchAccumulator()
+        budget = self.params.max_num_batched_tokens
+        if not self.params.chunked_prefill:
+            self._admit(budget, reqs, news, acc, whole=True)
+            if reqs:
+                return self.make_step(reqs, news, acc)
+        budget, preempted = self.schedule_running(budget, reqs, news, acc)
+        if self.params.chunked_prefill and not preempted:
+            self._admit(budget, reqs, news, acc, whole=False)
+        return self.make_step(reqs, news, acc)
+
+    def _admit(self, budget: int, reqs: list, news: list, acc: BatchAccumulator, whole: bool) -> int:
+        """Move requests from the head of the queue into ``running`` while budget, sequence slots and
+        KV blocks allow. ``whole``: a prompt must fit the remaining budget in one piece."""
+        while self.waiting and budget > 0 and len(self.running) < self.params.max_num_seqs:
+            req = self.waiting[0]
+            n = req.num_tokens - req.num_computed
+            if whole and n > budget:
+                break
+            n = min(n, budget)
+            if self.kv.allocate_slots(req.id, req.num_computed + n) is None:
+                break
+            self.waiting.popleft()
+            self.running.append(req)
+            reqs.append(req)
+            news.append(n)
+            acc.add(n, req.num_computed)
+            budget -= n
+        return budget

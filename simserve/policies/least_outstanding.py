@@ -1,0 +1,27 @@
+"""Least-outstanding-requests router: the replica with the fewest requests waiting or running."""
+from __future__ import annotations
+
+from typing import Literal
+
+from ..config.base import Frozen
+from .registry import ROUTERS
+
+
+class LeastOutstandingParams(Frozen):
+    policy: Literal["least_outstanding"] = "least_outstanding"
+
+
+@ROUTERS.register(LeastOutstandingParams)
+class LeastOutstanding:
+    """Pick the replica with the fewest outstanding requests; ties go to the lowest index."""
+
+    def __init__(self, params: LeastOutstandingParams, num_replicas: int):
+        self.n = num_replicas
+
+    def route(self, request, replicas) -> int:
+        best, best_load = 0, None
+        for i, rep in enumerate(replicas):
+            load = rep.scheduler.num_outstanding
+            if best_load is None or load < best_load:
+                best, best_load = i, load
+        return best

@@ -1,0 +1,50 @@
+"""Plain-text rendering of a summary for the terminal."""
+from __future__ import annotations
+
+
+def _num(x, digits: int = 2) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def render(summary: dict) -> str:
+    s = summary
+    lines = [
+        f"simserve: {s['scenario']} | {s['model']} on {s['devices']} x {s['hardware']} | seed {s['seed']}",
+        "",
+        f"requests   {_num(s['num_requests'])} total: {_num(s['completed'])} completed, "
+        f"{_num(s['rejected'])} rejected, {_num(s['unfinished'])} unfinished",
+    ]
+    if s["rejected_reasons"]:
+        lines.append("           rejected: " + ", ".join(f"{k} {v}" for k, v in s["rejected_reasons"].items()))
+    lines += [
+        f"duration   {_num(s['duration_s'])} s simulated, {_num(s['iterations'])} iterations, "
+        f"mean batch {_num(s['mean_batch_size'])}",
+        "",
+        f"{'latency (ms)':<14}{'mean':>10}{'median':>10}{'p90':>10}{'p99':>10}",
+    ]
+    for key, label in (("ttft", "TTFT"), ("tpot", "TPOT"), ("itl", "ITL"), ("e2el", "E2E")):
+        row = [s[f"mean_{key}_ms"], s[f"median_{key}_ms"], s[f"p90_{key}_ms"], s[f"p99_{key}_ms"]]
+        lines.append(f"{label:<14}" + "".join(f"{_num(v):>10}" for v in row))
+    bound = ", ".join(f"{k} {v:.0%}" for k, v in s["step_bound_fraction"].items())
+    lines += [
+        "",
+        f"throughput {_num(s['request_throughput'])} req/s, goodput {_num(s['request_goodput'])} req/s "
+        f"(SLO attainment {_num(s['slo_attainment'])}), {_num(s['output_throughput'])} output tok/s, "
+        f"{_num(s['total_token_throughput'])} total tok/s",
+        f"per user   {_num(s['mean_user_output_tps'])} output tok/s (incl. TTFT), "
+        f"{_num(s['mean_user_decode_tps'])} decode tok/s",
+        f"devices    utilization {_num(s['device_utilization'])}, MFU {_num(s['mfu'])}, MBU {_num(s['mbu'])}, "
+        f"peak KV {_num(s['peak_kv_utilization'])}, preemptions {_num(s['preemptions'])}; steps bound by {bound}",
+        f"cost       ${_num(s['cost_usd'], 4)} for {_num(s['device_hours'], 4)} device-hours at "
+        f"${s['usd_per_device_hour']}/h ({s['pricing_model']}, {s['price_date']}): "
+        f"${_num(s['cost_per_million_output_tokens_usd'])} per 1M output tokens, "
+        f"${_num(s['cost_per_million_total_tokens_usd'])} per 1M total tokens",
+        f"energy     {_num(s['energy_wh'])} Wh, {_num(s['output_tokens_per_joule'])} output tokens/J",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,152 @@
+"""A scenario file: what to simulate. Loaded strictly into frozen config, then resolved against the
+hardware profile and model catalog into everything the engine needs (or a ScenarioError)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from . import policies
+from .config.base import Frozen, set_path, validate
+from .config.yamlio import load_file, loads
+from .cost.memory import MemoryPlan, plan_memory
+from .cost.step import Precision
+from .errors import ScenarioError
+from .hardware import HardwareProfile, load_profile
+from .model import ModelSpec, load_model
+from .workload.config import WorkloadConfig
+
+ServingDtype = Literal["fp16", "bf16", "fp8"]
+
+
+class PrecisionConfig(Frozen):
+    weights: ServingDtype = Field("bf16", description="Storage dtype of the weights")
+    activations: ServingDtype = Field("bf16", description="Compute dtype of GEMMs and attention")
+    kv_cache: ServingDtype = Field("bf16", description="Storage dtype of the KV cache")
+
+
+class DeploymentConfig(Frozen):
+    tensor_parallel: int = Field(1, ge=1, description="Devices per replica sharing every layer")
+    replicas: int = Field(1, ge=1, description="Identical copies of the model behind the router")
+    router: policies.ROUTERS.union() = Field(default_factory=lambda: policies.ROUTERS.impl("round_robin").Params(),
+                                              description="How requests are spread over replicas")
+
+
+class KVCacheConfig(Frozen):
+    block_size: int = Field(16, ge=1, description="Tokens per KV block (paged attention)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of device memory the engine may use")
+
+
+class SLOConfig(Frozen):
+    """A request meets the SLO when every given bound holds; unset bounds are not checked."""
+
+    ttft_ms: float | None = Field(None, gt=0, description="Time to first token bound, ms")
+    tpot_ms: float | None = Field(None, gt=0, description="Time per output token bound, ms")
+    e2el_ms: float | None = Field(None, gt=0, description="End-to-end latency bound, ms")
+
+
+class RunConfig(Frozen):
+    max_duration_s: float | None = Field(None, gt=0, description="Stop the clock here; requests still in flight are 'unfinished'")
+
+
+class Scenario(Frozen):
+    name: str = Field("scenario", description="Label carried into outputs")
+    description: str = ""
+    seed: int = Field(0, ge=0, description="Seed of every random draw in the run")
+    model: str | dict[str, Any] = Field(description="Catalog name, path to a model YAML, or an inline model mapping")
+    hardware: str = Field(description="Bundled profile name or path to a profile YAML")
+    precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
+    deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
+    scheduler: policies.SCHEDULERS.union() = Field(default_factory=lambda: policies.SCHEDULERS.impl("continuous").Params())
+    kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig)
+    workload: WorkloadConfig
+    slo: SLOConfig = Field(default_factory=SLOConfig)
+    cost_model: policies.COST_MODELS.union() = Field(default_factory=lambda: policies.COST_MODELS.impl("roofline").Params())
+    pricing: str = Field("on_demand", description="Pricing model of the hardware profile")
+    run: RunConfig = Field(default_factory=RunConfig)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated scenario with its references looked up and its memory planned."""
+
+    config: Scenario
+    model: ModelSpec
+    hardware: HardwareProfile
+    precision: Precision
+    memory: MemoryPlan
+    max_model_len: int
+    base_dir: Path | None
+
+    @property
+    def num_devices(self) -> int:
+        return self.config.deployment.tensor_parallel * self.config.deployment.replicas
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``path=value`` with a YAML value: ``scheduler.max_num_seqs=64``, ``hardware=a100-sxm-80gb``."""
+    if "=" not in text:
+        raise ScenarioError(text, "an override is 'dotted.path=value'")
+    path, _, raw = text.partition("=")
+    return path.strip(), loads(raw, where=path.strip())
+
+
+def apply_overrides(data: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    for text in overrides:
+        path, value = parse_override(text)
+        data = set_path(data, path, value)
+    return data
+
+
+def load_scenario(source: str | Path | dict, overrides: list[str] | tuple[str, ...] = ()) -> Resolved:
+    """A scenario file (bundled name or path) or mapping, with ``--set`` overrides -> :class:`Resolved`."""
+    base_dir = None
+    if isinstance(source, dict):
+        data = source
+    else:
+        from . import resources
+        path = resources.resolve("scenarios", str(source))
+        if path is None:
+            raise ScenarioError(str(source), "no such scenario file or bundled scenario; bundled: "
+                                + ", ".join(resources.bundled_names("scenarios")))
+        data = load_file(path)
+        base_dir = path.parent
+    if data is None:
+        raise ScenarioError("(top level)", "the scenario is empty")
+    if not isinstance(data, dict):
+        raise ScenarioError("(top level)", f"a scenario must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    return resolve(validate(Scenario, data), base_dir)
+
+
+def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
+    """Look up the model and hardware, check the combination can run, and plan memory."""
+    hw = load_profile(cfg.hardware, base=base_dir)
+    model = load_model(cfg.model, base=base_dir)
+    p = cfg.precision
+    if p.activations not in hw.peak_tflops:
+        raise ScenarioError("precision.activations", f"{hw.name} has no {p.activations} compute; it has: "
+                            + ", ".join(sorted(hw.peak_tflops)))
+    if cfg.pricing not in hw.pricing:
+        raise ScenarioError("pricing", f"unknown pricing model '{cfg.pricing}' for {hw.name}; known: "
+                            + ", ".join(sorted(hw.pricing)))
+    tp = cfg.deployment.tensor_parallel
+    if model.num_heads % tp:
+        raise ScenarioError("deployment.tensor_parallel", f"must divide the model's {model.num_heads} attention heads, got {tp}")
+    sched = cfg.scheduler
+    max_len = sched.max_model_len or model.max_context
+    if max_len > model.max_context:
+        raise ScenarioError("scheduler.max_model_len", f"must be <= the model's max_context ({model.max_context}), got {max_len}")
+    if sched.max_num_batched_tokens < sched.max_num_seqs:
+        raise ScenarioError("scheduler.max_num_batched_tokens",
+                            f"must be >= scheduler.max_num_seqs ({sched.max_num_seqs}), got {sched.max_num_batched_tokens}")
+    if getattr(sched, "chunked_prefill", True) is False and sched.max_num_batched_tokens < max_len:
+        raise ScenarioError("scheduler.max_num_batched_tokens",
+                            f"must be >= max_model_len ({max_len}) when chunked_prefill is false, got "
+                            f"{sched.max_num_batched_tokens}; set scheduler.max_model_len or enable chunked prefill")
+    precision = Precision.of(p.weights, p.activations, p.kv_cache)
+    plan = plan_memory(model, hw, precision, tp, cfg.kv_cache.gpu_memory_utilization,
+                       sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size)
+    return Resolved(cfg, model, hw, precision, plan, max_len, base_dir)

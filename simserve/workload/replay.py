@@ -1,0 +1,75 @@
+"""Trace workloads: find the trace (a bundled name or a file), read it, and cut and rescale it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import resources
+from ..errors import ScenarioError
+from .config import TraceWorkload
+from .specs import RequestSpecs
+from .traces import READERS, TraceColumns
+
+SUFFIXES = (".csv", ".jsonl")
+
+# Bundled traces know their format; a user's file must say it (we never guess from the extension).
+BUNDLED_FORMATS = {
+    "azure-code": "azure",
+    "azure-conv": "azure",
+    "mooncake-conversation": "mooncake",
+    "mooncake-synthetic": "mooncake",
+}
+
+
+def locate(ref: str, fmt: str | None, base_dir: Path | None, where: str) -> tuple[Path, str]:
+    """A bundled name or a file path (relative to ``base_dir`` first) -> (file, format).
+
+    ``where`` is the dotted path of the config holding ``path`` and ``format`` (``workload``), used in
+    :class:`ScenarioError` messages.
+    """
+    path = resources.resolve("workloads", ref, suffixes=SUFFIXES, base=base_dir)
+    if path is None:
+        known = ", ".join(sorted(BUNDLED_FORMATS))
+        raise ScenarioError(f"{where}.path", f"no bundled workload or file '{ref}'; bundled: {known}")
+    bundled = _bundled_format(path)
+    if bundled is not None:
+        if fmt is not None and fmt != bundled:
+            raise ScenarioError(f"{where}.format", f"'{ref}' is a bundled {bundled} trace, not {fmt}")
+        return path, bundled
+    if fmt is None:
+        raise ScenarioError(f"{where}.format", f"required for '{ref}' (not a bundled workload): azure or mooncake")
+    return path, fmt
+
+
+def read(path: Path, fmt: str) -> TraceColumns:
+    return READERS[fmt](path)
+
+
+def build_trace(cfg: TraceWorkload, base_dir: Path | None = None, where: str = "workload") -> RequestSpecs:
+    """Replay a trace: drop requests before ``start_s``, keep ``limit``, shift to 0, scale gaps by ``time_scale``."""
+    path, fmt = locate(cfg.path, cfg.format, base_dir, where)
+    trace = read(path, fmt)
+    first = int(np.searchsorted(trace.time_s, cfg.start_s, side="left"))
+    if first == len(trace):
+        span = float(trace.time_s[-1])
+        raise ScenarioError(f"{where}.start_s", f"no requests at or after {cfg.start_s} s; '{cfg.path}' spans {span:.1f} s")
+    stop = len(trace) if cfg.limit is None else min(len(trace), first + cfg.limit)
+    keep = slice(first, stop)
+    time_s = trace.time_s[keep]
+    arrival_s = (time_s - time_s[0]) * cfg.time_scale
+    hashes = None if trace.hash_ids is None else trace.hash_ids[keep]
+    return RequestSpecs(
+        arrival_s=arrival_s,
+        prompt_tokens=trace.prompt_tokens[keep].copy(),
+        output_tokens=trace.output_tokens[keep].copy(),
+        prefix_hashes=hashes,
+    )
+
+
+def _bundled_format(path: Path) -> str | None:
+    try:
+        inside = path.resolve().parent == resources.data_dir("workloads").resolve()
+    except OSError:
+        return None
+    return BUNDLED_FORMATS.get(path.stem) if inside else None
