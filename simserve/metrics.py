@@ -94,13 +94,15 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
     in_tok = int(done["prompt_tokens"].sum())
     out_tok = int(done["output_tokens"].sum())
     reasons = df.loc[df["outcome"] == REJECTED, "reason"].value_counts().sort_index()
+    unfinished = df.loc[df["outcome"] == UNFINISHED, "reason"].value_counts().sort_index()
     s: dict = {
         "scenario": cfg.name, "seed": cfg.seed, "model": resolved.model.name, "hardware": hw.name,
         "num_requests": rec.num_requests,
         "completed": int(len(done)),
         "rejected": int((df["outcome"] == REJECTED).sum()),
-        "unfinished": int((df["outcome"] == UNFINISHED).sum()) + (rec.num_requests - len(df)),
+        "unfinished": int((df["outcome"] == UNFINISHED).sum()),
         "rejected_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "unfinished_reasons": {str(k): int(v) for k, v in unfinished.items()},
         "duration_s": _f(dur),
         "total_input_tokens": in_tok, "total_output_tokens": out_tok,
         "request_throughput": _f(per_s(len(done))),

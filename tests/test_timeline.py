@@ -98,8 +98,9 @@ def test_requests_larger_than_the_kv_cache_are_rejected():
 
 
 def test_max_duration_leaves_requests_unfinished():
-    rec = run_tiny([(0, 1, 100), (0, 1, 1)], run__max_duration_s=0.05)
-    assert timeline(rec) == {0: (UNFINISHED, 10.0, None), 1: (COMPLETED, 10.0, 10.0)}
+    rec = run_tiny([(0, 1, 100), (0, 1, 1), (1.0, 1, 1)], run__max_duration_s=0.05)
+    assert timeline(rec) == {0: (UNFINISHED, 10.0, None), 1: (COMPLETED, 10.0, 10.0), 2: (UNFINISHED, None, None)}
+    assert [q.reason for q in sorted(rec.requests, key=lambda q: q.id)] == ["run_ended", "", "not_arrived"]
     assert rec.duration_s == pytest.approx(0.05)
 
 

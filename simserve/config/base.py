@@ -134,7 +134,10 @@ def _message(err: dict, root: type, prefix: tuple) -> str:
     }
     if kind in bounds:
         op, key = bounds[kind]
-        return f"must be {op} {ctx.get(key)}, got {_fmt_value(value)}"
+        bound = ctx.get(key)
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"must be {op} {bound}, got {_fmt_value(value)}"
     if kind == "finite_number":
         return f"must be a finite number, got {_fmt_value(value)}"
     if kind == "literal_error":

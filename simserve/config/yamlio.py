@@ -16,6 +16,7 @@ from ..errors import ScenarioError
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_ALIASES = 100
+MAX_EXPANDED_NODES = 1_000_000
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -32,6 +33,25 @@ class _StrictLoader(yaml.SafeLoader):
                 mark = self.peek_event().start_mark
                 raise ScenarioError(f"line {mark.line + 1}", f"more than {MAX_ALIASES} YAML aliases; refused")
         return super().compose_node(parent, index)
+
+    def compose_document(self):
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n) -> int:  # nodes after alias expansion, memoised so shared subtrees cost once
+            key = id(n)
+            if key not in sizes:
+                sizes[key] = 1  # guards against recursive aliases
+                if isinstance(n, yaml.SequenceNode):
+                    sizes[key] = 1 + sum(size(c) for c in n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    sizes[key] = 1 + sum(size(k) + size(v) for k, v in n.value)
+            return sizes[key]
+
+        if node is not None and size(node) > MAX_EXPANDED_NODES:
+            raise ScenarioError("(top level)", f"the document expands to more than {MAX_EXPANDED_NODES:,} "
+                                "values through aliases; refused")
+        return node
 
     def construct_mapping(self, node, deep=False):
         seen: set = set()

@@ -105,7 +105,7 @@ class RooflineStep:
         touched = E * (1.0 - (1.0 - k / E) ** T) if T else 0.0
         pairs = T * k
         flops = ops.gemm_flops(pairs, up_n, m.hidden_size) + ops.gemm_flops(pairs, m.hidden_size, self.ffn_n)
-        bytes_ = touched * (up_n + m.hidden_size) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + self.ffn_n) * ab
+        bytes_ = touched * (up_n + self.ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + self.ffn_n) * ab
         router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
         experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
         act = ops.elementwise_time(pairs * self.ffn_n, 8.0, m.ffn_matrices * ab, pk, bw, e.elementwise)

@@ -115,7 +115,17 @@ class Cluster:
         env.run(until=until)
         for req in self.requests:
             if not req.outcome:
-                req.outcome = UNFINISHED
+                req.outcome, req.reason = UNFINISHED, "run_ended"
+        if len(self.requests) < len(self.specs):
+            # the clock stopped before these were sent: they are accounted for too
+            seen = {req.id for req in self.requests}
+            closed = self.specs.closed_loop_users is not None
+            for i in range(len(self.specs)):
+                if i not in seen:
+                    req = self._new(i)
+                    req.arrival_s = float("nan") if closed else float(self.specs.arrival_s[i])
+                    req.outcome, req.reason = UNFINISHED, "not_arrived"
+                    self.requests.append(req)
         return RunRecord(self.requests, np.asarray(self.itl, dtype=float), self.replicas, env.now, len(self.specs))
 
 

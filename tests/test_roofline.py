@@ -1,0 +1,141 @@
+"""The step-time core against FLOPs and bytes worked out by hand."""
+from __future__ import annotations
+
+import pytest
+
+from simserve.cost import ops
+from simserve.cost.batch import BatchShape
+from simserve.cost.memory import plan_memory
+from simserve.cost.step import Precision, RooflineStep
+from simserve.errors import ScenarioError
+from simserve.hardware import OpEfficiency, load_profile
+from simserve.model import ModelSpec, load_model
+
+IDEAL = OpEfficiency(flops_fraction=1.0, bandwidth_fraction=1.0, overhead_us=0.0)
+BF16 = Precision.of("bf16", "bf16", "bf16")
+
+
+def test_gemm_flops_and_bytes():
+    # 8 x 4096 @ 4096 x 6144 in bf16
+    assert ops.gemm_flops(8, 6144, 4096) == 2 * 8 * 6144 * 4096
+    assert ops.gemm_bytes(8, 6144, 4096, 2, 2) == 4096 * 6144 * 2 + (8 * 4096 + 8 * 6144) * 2
+
+
+def test_roofline_picks_the_slower_bound_and_adds_overhead():
+    eff = OpEfficiency(flops_fraction=0.5, bandwidth_fraction=0.5, overhead_us=10)
+    t = ops.roofline_s(flops=1e12, bytes_=1e9, peak_flops_s=1e15, bandwidth_bytes_s=1e12, eff=eff)
+    # compute 1e12 / 5e14 = 2 ms; memory 1e9 / 5e11 = 2 ms... make memory win:
+    t = ops.roofline_s(flops=1e12, bytes_=2e9, peak_flops_s=1e15, bandwidth_bytes_s=1e12, eff=eff)
+    assert t.time_s == pytest.approx(10e-6 + 4e-3) and t.bound == ops.MEMORY
+    t = ops.roofline_s(flops=4e12, bytes_=1e9, peak_flops_s=1e15, bandwidth_bytes_s=1e12, eff=eff)
+    assert t.time_s == pytest.approx(10e-6 + 8e-3) and t.bound == ops.COMPUTE
+    t = ops.roofline_s(flops=1, bytes_=1, peak_flops_s=1e15, bandwidth_bytes_s=1e12, eff=eff)
+    assert t.bound == ops.OVERHEAD
+
+
+def test_prefill_attention_counts_causal_pairs():
+    # one chunk of 3 new tokens after 5 cached: queries see 6, 7, 8 keys -> 21 pairs
+    q, c = 3, 5
+    flops = ops.prefill_attention_flops(32, 128, sum_q_ctx=q * c, sum_q_sq=q * q, num_tokens=q)
+    assert flops == 4 * 32 * 128 * 21
+    # a fresh 4-token prompt: 1+2+3+4 = 10 pairs
+    assert ops.prefill_attention_flops(1, 1, 0, 16, 4) == 4 * 10
+
+
+def test_decode_attention_reads_the_whole_cache():
+    # two sequences with 100 and 300 cached tokens, GQA 32 heads / 8 KV heads, head 128, bf16 KV
+    flops = ops.decode_attention_flops(32, 128, sum_ctx_plus_one=101 + 301)
+    assert flops == 4 * 32 * 128 * 402
+    by = ops.attention_bytes(32, 8, 128, num_tokens=2, kv_tokens_read=400, act_bytes=2, kv_bytes=2)
+    assert by == 2 * 2 * 32 * 128 * 2 + 2 * 2 * 8 * 128 * 2 + 2 * 400 * 8 * 128 * 2
+
+
+def test_ring_allreduce():
+    t = ops.allreduce_time(1e6, 4, link_bandwidth_bytes_s=1e11, link_latency_s=1e-6, eff=IDEAL)
+    assert t.time_s == pytest.approx(2 * 3 / 4 * 1e6 / 1e11 + 6e-6) and t.bound == ops.NETWORK
+    assert ops.allreduce_time(1e6, 1, 1e11, 1e-6, IDEAL).time_s == 0.0
+
+
+def test_batch_shape_sums():
+    b = BatchShape.from_pairs([(1, 10), (1, 20), (5, 0), (3, 7)])
+    assert (b.num_seqs, b.num_tokens, b.decode_seqs, b.decode_ctx) == (4, 10, 2, 32)
+    assert (b.prefill_seqs, b.prefill_tokens, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_kv) == (2, 8, 21, 34, 15)
+
+
+def _ideal_step(model, tp=1):
+    hw = load_profile("h100-sxm-80gb")
+    eff = hw.efficiency.model_copy(update={k: IDEAL for k in ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce")})
+    hw = hw.model_copy(update={"efficiency": eff.model_copy(update={"step_overhead_us": 0.0})})
+    return RooflineStep(model, hw, BF16, tp), hw
+
+
+def test_decode_step_flops_match_parameter_count():
+    # A batch-1 decode does 2 FLOPs per linear-layer parameter (embedding lookup excluded, LM head
+    # included) plus attention over the context.
+    model = load_model("llama-2-7b")
+    step, hw = _ideal_step(model)
+    ctx = 1000
+    cost = step.step(BatchShape.from_pairs([(1, ctx)]))
+    linear = model.num_layers * model.params_per_layer + model.vocab_size * model.hidden_size
+    attn = model.num_layers * 4 * model.num_heads * model.head_size * (ctx + 1)
+    elementwise_flops = cost.flops - 2 * linear - attn
+    assert 0 <= elementwise_flops < 1e-3 * cost.flops
+    # memory-bound: weights plus the KV cache dominate the bytes
+    weights = (model.num_layers * model.params_per_layer + model.vocab_size * model.hidden_size) * 2
+    kv = model.num_layers * 2 * ctx * model.kv_size * 2
+    assert cost.bytes == pytest.approx(weights + kv, rel=0.01)
+    assert cost.bound == ops.MEMORY
+    assert cost.time_s == pytest.approx(cost.bytes / hw.weight_bandwidth_bytes_s, rel=0.01)
+
+
+def test_long_prefill_is_compute_bound_and_tp_shards_it():
+    model = load_model("llama-3.1-70b")
+    one, _ = _ideal_step(model, tp=8)
+    cost = one.step(BatchShape.from_pairs([(4096, 0)]))
+    assert cost.bound == ops.COMPUTE
+    # per device: 1/8 of the linear FLOPs of 4096 tokens (+ attention and LM head for one row)
+    linear = model.num_layers * model.params_per_layer * 2 * 4096 / 8
+    assert cost.flops == pytest.approx(linear, rel=0.06)
+    ops_names = [name for name, _ in one.layer_ops(BatchShape.from_pairs([(4096, 0)]))]
+    assert ops_names.count("attn_allreduce") == 1 and ops_names.count("ffn_allreduce") == 1
+
+
+def test_tp_beyond_a_node_uses_the_network_link():
+    model = load_model("llama-3.1-405b")
+    hw = load_profile("h100-sxm-80gb")
+    inside = RooflineStep(model, hw, BF16, 8)
+    across = RooflineStep(model, hw, BF16, 16)
+    assert inside.link_bw_bytes_s == hw.interconnect.intra_node.bandwidth_gb_s * 1e9
+    assert across.link_bw_bytes_s == hw.interconnect.inter_node.bandwidth_gb_s * 1e9
+
+
+def test_moe_reads_only_touched_experts():
+    model = load_model("mixtral-8x7b")
+    step, _ = _ideal_step(model, tp=2)
+    one = step.step(BatchShape.from_pairs([(1, 100)]))
+    many = step.step(BatchShape.from_pairs([(1, 100)] * 64))
+    # batch 1 touches 2 of 8 experts; batch 64 touches essentially all 8
+    expert_bytes = model.num_layers * 8 * model.expert_params * 2 / 2
+    assert many.bytes - one.bytes == pytest.approx(expert_bytes * (1 - 2 / 8), rel=0.05)
+
+
+def test_memory_plan_and_the_70b_example():
+    hw = load_profile("a100-sxm-80gb")
+    model = load_model("llama-2-70b")
+    with pytest.raises(ScenarioError) as err:
+        plan_memory(model, hw, BF16, 1, 0.9, 8192, 256, 16)
+    assert "138.0 GB of weights" in str(err.value) and "80.0 GB" in str(err.value)
+    plan = plan_memory(model, hw, BF16, 4, 0.9, 8192, 256, 16)
+    assert plan.weight_bytes == pytest.approx(model.num_params * 2 / 4)
+    # 80 layers x 8 KV heads / 4 devices x 128 x 2 (K, V) x 2 bytes
+    assert plan.kv_bytes_per_token == 80 * 2 * 128 * 2 * 2
+    assert plan.kv_capacity_tokens == plan.num_blocks * 16
+    assert plan.num_blocks == int((72e9 - plan.weight_bytes - plan.activation_bytes) // (plan.kv_bytes_per_token * 16))
+
+
+def test_gqa_kv_heads_replicate_when_tp_exceeds_them():
+    model = ModelSpec(name="m", num_layers=2, hidden_size=256, num_heads=8, num_kv_heads=2, ffn_size=512,
+                      ffn_gated=True, vocab_size=1000, max_context=1024)
+    hw = load_profile("h100-sxm-80gb")
+    plan = plan_memory(model, hw, BF16, 8, 0.9, 64, 4, 16)
+    assert plan.kv_bytes_per_token == 2 * 2 * 1 * 32 * 2   # one KV head per device
