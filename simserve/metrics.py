@@ -18,7 +18,7 @@ from .scenario import Resolved
 
 PERCENTILES = (50, 90, 99)
 REQUEST_COLUMNS = ["id", "replica", "outcome", "reason", "arrival_s", "first_token_s", "finish_s",
-                   "prompt_tokens", "output_tokens", "generated_tokens", "num_preemptions",
+                   "prompt_tokens", "output_tokens", "generated_tokens", "num_preemptions", "num_requeues",
                    "ttft_ms", "tpot_ms", "e2el_ms"]
 
 
@@ -46,6 +46,7 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
         "prompt_tokens": np.fromiter((r.prompt_tokens for r in rows), np.int64, n),
         "output_tokens": out, "generated_tokens": gen,
         "num_preemptions": np.fromiter((r.num_preemptions for r in rows), np.int64, n),
+        "num_requeues": np.fromiter((r.num_requeues for r in rows), np.int64, n),
         "ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el,
     }, columns=REQUEST_COLUMNS)
 
@@ -124,6 +125,8 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
     s["mean_user_output_tps"] = _f(np.mean(user_tps)) if len(outs) else None
     s["mean_user_decode_tps"] = _f(np.nanmean(decode_tps)) if np.any(~np.isnan(decode_tps)) else None
     s.update(_utilisation(resolved, rec))
+    s["stability"] = stability(rec)
+    s["failures"] = _failures(rec, done)
     s.update(_cost(resolved, rec, in_tok, out_tok))
     s["memory_per_device"] = {k: (_f(v) if isinstance(v, float) else v) for k, v in resolved.memory.as_dict().items()}
     return s
@@ -155,6 +158,46 @@ def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
         "peak_waiting_requests": max(st.peak_waiting for st in stats),
         "peak_running_requests": max(st.peak_running for st in stats),
         "preemptions": sum(r.scheduler.num_preemptions for r in rec.replicas),
+    }
+
+
+UNSTABLE_GROWTH = 0.05
+
+
+def stability(rec: RunRecord) -> dict:
+    """Is the offered load sustainable? Requests in the system are sampled at every arrival; over the
+    second half of the arrivals their least-squares growth rate is ``queue_growth_per_s``. The run is
+    ``unstable`` when that growth exceeds 5% of the offered request rate, i.e. the backlog grows
+    without bound rather than fluctuating around a level."""
+    samples = rec.outstanding
+    out = {"offered_request_rate": None, "queue_growth_per_s": None, "final_outstanding": None, "unstable": False}
+    if len(samples) < 4:
+        return out
+    t, n = samples[:, 0], samples[:, 1]
+    span = t[-1] - t[0]
+    out["final_outstanding"] = int(n[-1])
+    if span <= 0:
+        return out
+    rate = (len(t) - 1) / span
+    half = t >= t[0] + span / 2
+    th, nh = t[half], n[half]
+    growth = float(np.polyfit(th - th[0], nh, 1)[0]) if len(th) >= 2 and th[-1] > th[0] else 0.0
+    out.update(offered_request_rate=_f(rate), queue_growth_per_s=_f(growth), unstable=bool(growth > UNSTABLE_GROWTH * rate))
+    return out
+
+
+def _failures(rec: RunRecord, done: pd.DataFrame) -> dict:
+    stats = rec.failure_stats
+    requeued = done[done["num_requeues"] > 0]["e2el_ms"]
+    others = done[done["num_requeues"] == 0]["e2el_ms"]
+    down = sum(r.stats.down_s for r in rec.replicas)
+    total = rec.duration_s * len(rec.replicas)
+    return {
+        "failure_events": stats["failure_events"], "spot_reclaims": stats["spot_reclaims"],
+        "requeued_requests": stats["requeued_requests"], "failure_rejected_requests": stats["failure_rejected"],
+        "replica_downtime_s": _f(down), "availability": _f(1 - down / total) if total > 0 else None,
+        "mean_e2el_ms_requeued": _f(requeued.mean()) if len(requeued) else None,
+        "mean_e2el_ms_unaffected": _f(others.mean()) if len(others) else None,
     }
 
 

@@ -13,6 +13,8 @@ from .config.base import Frozen, set_path, validate
 from .config.yamlio import load_file, loads
 from .cost.memory import MemoryPlan, plan_memory
 from .cost.step import Precision
+from .engine.admission import AdmissionConfig
+from .engine.failures import FailuresConfig
 from .errors import ScenarioError
 from .hardware import HardwareProfile, load_profile
 from .model import ModelSpec, load_model
@@ -66,6 +68,8 @@ class Scenario(Frozen):
     cost_model: policies.COST_MODELS.union() = Field(default_factory=lambda: policies.COST_MODELS.impl("roofline").Params())
     pricing: str = Field("on_demand", description="Pricing model of the hardware profile")
     run: RunConfig = Field(default_factory=RunConfig)
+    admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
+    failures: FailuresConfig = Field(default_factory=FailuresConfig)
 
 
 @dataclass(frozen=True)
@@ -133,6 +137,13 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
         raise ScenarioError("pricing", f"unknown pricing model '{cfg.pricing}' for {hw.name}; known: "
                             + ", ".join(sorted(hw.pricing)))
     tp = cfg.deployment.tensor_parallel
+    for i, event in enumerate(cfg.failures.events):
+        if event.replica >= cfg.deployment.replicas:
+            raise ScenarioError(f"failures.events.{i}.replica",
+                                f"must be < deployment.replicas ({cfg.deployment.replicas}), got {event.replica}")
+    if cfg.failures.spot is not None and cfg.failures.spot.replicas > cfg.deployment.replicas:
+        raise ScenarioError("failures.spot.replicas",
+                            f"must be <= deployment.replicas ({cfg.deployment.replicas}), got {cfg.failures.spot.replicas}")
     if model.num_heads % tp:
         raise ScenarioError("deployment.tensor_parallel", f"must divide the model's {model.num_heads} attention heads, got {tp}")
     sched = cfg.scheduler

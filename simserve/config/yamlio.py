@@ -2,17 +2,22 @@
 
 - duplicate keys are an error (PyYAML silently keeps the last one);
 - ``1e6`` is a number (YAML 1.1 would read it as a string);
-- files over :data:`MAX_FILE_BYTES` and alias-heavy documents are refused before they expand.
+- files over :data:`MAX_FILE_BYTES`, alias-heavy documents and nesting deeper than
+  :data:`~simserve.config.base.MAX_DEPTH` are refused before they expand;
+- only the safe YAML tags: ``!!python/...`` and other unknown tags are errors, as are values the tags
+  cannot hold (``2023-02-30``, a 5,000-digit integer).
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from ..errors import ScenarioError
+from .base import MAX_DEPTH, fmt_key
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_ALIASES = 100
@@ -25,6 +30,7 @@ class _StrictLoader(yaml.SafeLoader):
     def __init__(self, stream):
         super().__init__(stream)
         self._aliases = 0
+        self._depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
@@ -32,7 +38,16 @@ class _StrictLoader(yaml.SafeLoader):
             if self._aliases > MAX_ALIASES:
                 mark = self.peek_event().start_mark
                 raise ScenarioError(f"line {mark.line + 1}", f"more than {MAX_ALIASES} YAML aliases; refused")
-        return super().compose_node(parent, index)
+        # checked here rather than by catching RecursionError: PyYAML's scanner slows down
+        # quadratically with flow nesting ('[[[[...'), so a deep document must be stopped early
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ScenarioError(f"line {mark.line + 1}", f"nested more than {MAX_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def compose_document(self):
         node = super().compose_document()
@@ -53,11 +68,23 @@ class _StrictLoader(yaml.SafeLoader):
                                 "values through aliases; refused")
         return node
 
+    def construct_object(self, node, deep=False):
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ScenarioError, yaml.YAMLError):
+            raise
+        except Exception as exc:  # a constructor's ValueError etc.: '2023-02-30', '!!bool maybe', huge ints
+            text = " ".join(str(exc).split(";")[0].split()) or type(exc).__name__
+            raise ScenarioError(f"line {node.start_mark.line + 1}", f"invalid {node.tag.rsplit(':', 1)[-1]} "
+                                f"value: {text}") from None
+
     def construct_mapping(self, node, deep=False):
         seen: set = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise ScenarioError(f"line {key_node.start_mark.line + 1}", "merge keys ('<<') are not supported")
             key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (list, dict)):
+            if not isinstance(key, Hashable) or isinstance(key, tuple):
                 raise ScenarioError(f"line {key_node.start_mark.line + 1}", "a mapping key must be a scalar")
             if key in seen:
                 raise ScenarioError(f"line {key_node.start_mark.line + 1}", f"duplicate key '{key}'")
@@ -88,28 +115,34 @@ def loads(text: str, where: str = "") -> Any:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except ScenarioError as exc:
         raise ScenarioError(f"{where} {exc.path}".strip(), exc.reason) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow; it has no problem_mark
+        line = text.count("\n", 0, exc.position) + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        raise ScenarioError(f"{where} line {line}".strip(), f"invalid YAML: character {char!r} is not allowed") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f"line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ScenarioError(f"{where} {line}".strip(), f"invalid YAML: {problem}") from None
+        raise ScenarioError(f"{where} {line}".strip(), f"invalid YAML: {' '.join(problem.split())}") from None
     except RecursionError:
         raise ScenarioError(where, "YAML nested too deeply") from None
 
 
 def load_file(path: Path) -> Any:
     """Read and parse one YAML file with a size limit; non-UTF-8 and unreadable files are errors."""
-    where = str(path)
+    where = fmt_key(path)
     try:
         size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ScenarioError(where, f"file is {size} bytes; the limit is {MAX_FILE_BYTES}")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)  # the file may have grown, or not be a regular file
     except OSError as exc:
-        raise ScenarioError(where, f"cannot read file: {exc.strerror}") from None
-    if size > MAX_FILE_BYTES:
-        raise ScenarioError(where, f"file is {size} bytes; the limit is {MAX_FILE_BYTES}")
+        raise ScenarioError(where, f"cannot read file: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ScenarioError(where, f"file is over {MAX_FILE_BYTES} bytes, the limit")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ScenarioError(where, f"not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise ScenarioError(where, f"cannot read file: {exc.strerror}") from None
     return loads(text, where)

@@ -1,43 +1,160 @@
-"""Paged KV cache: fixed-size blocks, allocated as a request's context grows, freed when it leaves."""
+"""Paged KV cache: fixed-size blocks with reference counts, optional prefix caching and forking.
+
+Every block is in exactly one state: *free* (no owner, no content hash), *cached* (no owner but it
+holds a known prefix, reusable until evicted, least recently used first) or *used* (owned by one or
+more requests). ``allocate_slots`` grows a request's block table, ``free`` releases it, ``fork`` lets
+a child sequence share its parent's blocks (copy-on-write of a partly filled last block), and
+``attach_prefix``/``register_prefix`` reuse and publish full blocks by content hash.
+"""
 from __future__ import annotations
+
+from collections import OrderedDict
 
 
 class BlockManager:
-    """Counts blocks per request. ``allocate_slots`` is the only way in; ``free`` the only way out."""
-
-    __slots__ = ("num_blocks", "block_size", "num_free", "_held")
+    __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
+                 "_tokens", "hits_tokens")
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.num_free = num_blocks
-        self._held: dict[int, int] = {}
+        self._free: list[int] = list(range(num_blocks - 1, -1, -1))   # pop() gives block 0 first
+        self._cached: OrderedDict[int, None] = OrderedDict()           # refcount-0 blocks with a hash, LRU first
+        self._ref = [0] * num_blocks
+        self._hash: list[int | None] = [None] * num_blocks
+        self._by_hash: dict[int, int] = {}
+        self._tables: dict[int, list[int]] = {}
+        self._tokens: dict[int, int] = {}                              # KV slots each request holds
+        self.hits_tokens = 0
 
-    def blocks_for(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
-
-    def allocate_slots(self, request_id: int, num_tokens: int) -> int | None:
-        """Make room for ``num_tokens`` KV slots in total for the request. Returns the number of newly
-        allocated blocks, or None (and changes nothing) when there are not enough free blocks."""
-        held = self._held.get(request_id, 0)
-        need = self.blocks_for(num_tokens) - held
-        if need <= 0:
-            return 0
-        if need > self.num_free:
-            return None
-        self.num_free -= need
-        self._held[request_id] = held + need
-        return need
-
-    def free(self, request_id: int) -> int:
-        """Release every block of the request; returns how many."""
-        held = self._held.pop(request_id, 0)
-        self.num_free += held
-        return held
-
-    def num_held(self, request_id: int) -> int:
-        return self._held.get(request_id, 0)
+    # --- queries ---------------------------------------------------------------------------------
+    @property
+    def num_free(self) -> int:
+        """Blocks that can be handed out now (free or evictable cached)."""
+        return len(self._free) + len(self._cached)
 
     @property
     def num_used(self) -> int:
         return self.num_blocks - self.num_free
+
+    def blocks_for(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def num_held(self, request_id: int) -> int:
+        return len(self._tables.get(request_id, ()))
+
+    def table(self, request_id: int) -> tuple[int, ...]:
+        return tuple(self._tables.get(request_id, ()))
+
+    # --- allocation ------------------------------------------------------------------------------
+    def _take(self) -> int:
+        if self._free:
+            return self._free.pop()
+        block, _ = self._cached.popitem(last=False)           # evict the least recently used prefix
+        del self._by_hash[self._hash[block]]
+        self._hash[block] = None
+        return block
+
+    def _release(self, block: int) -> None:
+        self._ref[block] -= 1
+        if self._ref[block] == 0:
+            if self._hash[block] is not None:
+                self._cached[block] = None
+            else:
+                self._free.append(block)
+
+    def allocate_slots(self, request_id: int, num_tokens: int) -> int | None:
+        """Make room for ``num_tokens`` KV slots in total for the request. Returns the number of blocks
+        newly taken, or None (changing nothing) when too few are free. Writing into a partly filled
+        last block that another sequence shares copies it first (copy-on-write)."""
+        table = self._tables.get(request_id)
+        if table is None:
+            table = self._tables[request_id] = []
+            self._tokens[request_id] = 0
+        held_tokens = self._tokens[request_id]
+        need = self.blocks_for(num_tokens) - len(table)
+        cow = (num_tokens > held_tokens and held_tokens % self.block_size != 0
+               and self._ref[table[-1]] > 1)
+        if need + cow > self.num_free:
+            return None
+        if cow:
+            old = table[-1]
+            table[-1] = self._take()
+            self._ref[table[-1]] = 1
+            self._release(old)
+        for _ in range(max(need, 0)):
+            block = self._take()
+            self._ref[block] = 1
+            table.append(block)
+        if num_tokens > held_tokens:
+            self._tokens[request_id] = num_tokens
+        return max(need, 0) + cow
+
+    def free(self, request_id: int) -> int:
+        """Release every block of the request (shared ones stay with their other owners). Returns how
+        many blocks the request held."""
+        table = self._tables.pop(request_id, None)
+        self._tokens.pop(request_id, None)
+        if not table:
+            return 0
+        for block in reversed(table):       # the tail is the least reusable: evict it first
+            self._release(block)
+        return len(table)
+
+    def fork(self, parent_id: int, child_id: int) -> None:
+        """The child shares every block of the parent (parallel sampling, beam search)."""
+        if child_id in self._tables:
+            raise ValueError(f"request {child_id} already holds blocks")
+        table = list(self._tables.get(parent_id, ()))
+        for block in table:
+            self._ref[block] += 1
+        self._tables[child_id] = table
+        self._tokens[child_id] = self._tokens.get(parent_id, 0)
+
+    # --- prefix caching --------------------------------------------------------------------------
+    def attach_prefix(self, request_id: int, block_hashes) -> int:
+        """For a request that holds no blocks yet: share every leading full block whose content hash is
+        cached or in use. Returns the number of prompt tokens whose KV is thereby already computed."""
+        if self._tables.get(request_id):
+            raise ValueError(f"request {request_id} already holds blocks")
+        table: list[int] = []
+        for h in block_hashes:
+            block = self._by_hash.get(h)
+            if block is None:
+                break
+            if self._ref[block] == 0:
+                del self._cached[block]
+            self._ref[block] += 1
+            table.append(block)
+        self._tables[request_id] = table
+        tokens = len(table) * self.block_size
+        self._tokens[request_id] = tokens
+        self.hits_tokens += tokens
+        return tokens
+
+    def register_prefix(self, request_id: int, block_hashes, num_computed: int) -> None:
+        """Publish the hashes of the request's full, computed blocks so later requests can share them."""
+        table = self._tables.get(request_id, ())
+        full = min(num_computed // self.block_size, len(table), len(block_hashes))
+        for i in range(full):
+            block, h = table[i], block_hashes[i]
+            if self._hash[block] is None and h not in self._by_hash:
+                self._hash[block] = h
+                self._by_hash[h] = block
+
+    def check(self) -> None:
+        """Assert the state invariants (tests)."""
+        owners = [0] * self.num_blocks
+        for table in self._tables.values():
+            for block in table:
+                owners[block] += 1
+        assert owners == self._ref, "reference counts disagree with block tables"
+        free, cached = set(self._free), set(self._cached)
+        assert len(free) == len(self._free) and not free & cached
+        for b in range(self.num_blocks):
+            state = (b in free) + (b in cached) + (self._ref[b] > 0)
+            assert state == 1, f"block {b} is in {state} states"
+            assert (b in cached) <= (self._hash[b] is not None)
+            assert (b in free) <= (self._hash[b] is None)
+        assert all(self._by_hash[h] == b and self._hash[b] == h for h, b in self._by_hash.items())
+        assert all(len(t) == self.blocks_for(self._tokens[r]) for r, t in self._tables.items())

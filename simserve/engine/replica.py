@@ -2,6 +2,7 @@
 
 The loop is schedule -> ``yield env.timeout(step time)`` -> update: one event per iteration, never one
 per token. When there is nothing to run the process sleeps on an event that the next arrival triggers.
+A failure interrupts the process; it sleeps until repaired.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Callable
 import simpy
 
 from ..cost.step import StepCost
+from .admission import expired
 from .request import Request
 from .scheduler import Scheduler
 
@@ -18,7 +20,7 @@ class ReplicaStats:
     """What the replica did, accumulated per iteration (no per-token storage)."""
 
     __slots__ = ("iterations", "busy_s", "flops", "bytes", "tokens", "bound_s", "peak_kv_blocks",
-                 "peak_waiting", "peak_running", "sum_batch_seqs")
+                 "peak_waiting", "peak_running", "sum_batch_seqs", "down_s")
 
     def __init__(self) -> None:
         self.iterations = 0
@@ -31,19 +33,28 @@ class ReplicaStats:
         self.peak_waiting = 0
         self.peak_running = 0
         self.sum_batch_seqs = 0
+        self.down_s = 0.0
 
 
 class Replica:
-    def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler,
-                 step_cost: Callable, itl_out: list[float], on_finish: Callable[[Request], None]):
+    def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, step_cost: Callable,
+                 itl_out: list[float], on_finish: Callable[[Request], None],
+                 on_timeout: Callable[[Request], None], timeout_s: float | None = None):
         self.env = env
         self.index = index
         self.scheduler = scheduler
         self.step_cost = step_cost
         self.itl_out = itl_out
         self.on_finish = on_finish
+        self.on_timeout = on_timeout
+        self.timeout_s = timeout_s
         self.stats = ReplicaStats()
+        self.up = True             # serving
+        self.accepting = True      # the router may send here (False while down or draining)
         self._wake: simpy.Event | None = None
+        self._repaired: simpy.Event | None = None
+        self._down_since = 0.0
+        self._step_start = 0.0
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -55,14 +66,50 @@ class Replica:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
+    def fail(self) -> list[Request]:
+        """Stop now: the step in progress is lost, KV is dropped. Returns the requests it held."""
+        sched = self.scheduler
+        lost = list(sched.running) + list(sched.waiting)
+        for req in lost:
+            sched.kv.free(req.id)
+            req.num_computed = 0
+        sched.running.clear()
+        sched.waiting.clear()
+        self.up = self.accepting = False
+        self._down_since = self.env.now
+        self._repaired = self.env.event()
+        self.process.interrupt("failure")
+        return lost
+
+    def repair(self) -> None:
+        self.up = self.accepting = True
+        self.stats.down_s += self.env.now - self._down_since
+        self._repaired.succeed()
+
     def run(self):
+        while True:
+            try:
+                yield from self._serve()
+            except simpy.Interrupt:
+                busy = self.env.now - self._step_start if self._step_start >= 0 else 0.0
+                self.stats.busy_s += busy            # the lost step still occupied the devices
+                self._step_start = -1.0
+                yield self._repaired
+
+    def _serve(self):
         env, sched, stats = self.env, self.scheduler, self.stats
         while True:
+            if self.timeout_s is not None and sched.waiting:
+                for req in expired(sched.waiting, env.now, self.timeout_s):
+                    sched.waiting.remove(req)
+                    sched.kv.free(req.id)
+                    self.on_timeout(req)
             step = sched.schedule()
             if step is None:
                 if sched.waiting:
                     raise RuntimeError(f"replica {self.index}: scheduler made no progress with "
                                        f"{len(sched.waiting)} waiting and {len(sched.running)} running")
+                self._step_start = -1.0
                 self._wake = env.event()
                 yield self._wake
                 continue
@@ -72,7 +119,9 @@ class Replica:
                 stats.peak_kv_blocks = used
             if len(sched.running) > stats.peak_running:
                 stats.peak_running = len(sched.running)
+            self._step_start = env.now
             yield env.timeout(cost.time_s)
+            self._step_start = -1.0
             stats.iterations += 1
             stats.busy_s += cost.time_s
             stats.flops += cost.flops

@@ -13,7 +13,7 @@ COMPLETED, REJECTED, UNFINISHED = "completed", "rejected", "unfinished"
 class Request:
     __slots__ = ("id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed", "num_generated",
                  "first_token_s", "last_token_s", "finish_s", "outcome", "reason", "num_preemptions",
-                 "replica", "on_done")
+                 "num_requeues", "replica", "on_done")
 
     def __init__(self, id: int, arrival_s: float, prompt_tokens: int, output_tokens: int):
         self.id = id
@@ -28,6 +28,7 @@ class Request:
         self.outcome = ""            # "" while in flight
         self.reason = ""
         self.num_preemptions = 0
+        self.num_requeues = 0          # times moved to another replica after a failure
         self.replica = -1
         self.on_done = None          # optional callback(request), e.g. a closed-loop user
 

@@ -9,6 +9,7 @@ import simpy
 from .. import policies, workload
 from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
+from . import failures
 from .kv import BlockManager
 from .replica import Replica
 from .request import COMPLETED, REJECTED, UNFINISHED, Request
@@ -23,12 +24,15 @@ class RunRecord:
     replicas: list[Replica]
     duration_s: float
     num_requests: int
+    outstanding: np.ndarray          # (arrival time, requests in the system just after it) per arrival
+    failure_stats: dict
 
 
 class Cluster:
     """Replicas behind a router, fed by the workload. ``run()`` returns a :class:`RunRecord`."""
 
-    def __init__(self, resolved: Resolved, specs: RequestSpecs, step_scale: float = 1.0):
+    def __init__(self, resolved: Resolved, specs: RequestSpecs, step_scale: float = 1.0,
+                 rng: np.random.Generator | None = None):
         cfg = resolved.config
         self.resolved = resolved
         self.specs = specs
@@ -42,22 +46,54 @@ class Cluster:
         cost = base_cost if step_scale == 1.0 else _scaled(base_cost, step_scale)
         sched_cls = policies.SCHEDULERS.impl(cfg.scheduler.policy)
         plan = resolved.memory
+        timeout_s = cfg.admission.request_timeout_s
         self.replicas = [
             Replica(self.env, i, sched_cls(cfg.scheduler, BlockManager(plan.num_blocks, plan.block_size)),
-                    cost, self.itl, self._finished)
+                    cost, self.itl, self._finished, lambda r: self._reject(r, "timeout"), timeout_s)
             for i in range(cfg.deployment.replicas)
         ]
         self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
         self.kv_capacity_tokens = plan.num_blocks * plan.block_size
+        self.max_queue = cfg.admission.max_queue
+        self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
+        self.outstanding: list[tuple[float, int]] = []
+        self.stats = {"failure_events": 0, "spot_reclaims": 0, "requeued_requests": 0, "failure_rejected": 0}
 
     # --- request lifecycle -----------------------------------------------------------------------
     def submit(self, req: Request) -> None:
         self.requests.append(req)
         if req.prompt_tokens + req.output_tokens > self.resolved.max_model_len:
-            return self._reject(req, "exceeds_max_model_len")
-        if req.max_kv_tokens > self.kv_capacity_tokens:
-            return self._reject(req, "exceeds_kv_capacity")
-        self.replicas[self.router.route(req, self.replicas)].submit(req)
+            self._reject(req, "exceeds_max_model_len")
+        elif req.max_kv_tokens > self.kv_capacity_tokens:
+            self._reject(req, "exceeds_kv_capacity")
+        else:
+            self._route(req)
+        self.outstanding.append((self.env.now, len(self.requests) - self.num_done))
+
+    def _route(self, req: Request) -> None:
+        open_ = self.replicas if all(r.accepting for r in self.replicas) else [r for r in self.replicas if r.accepting]
+        if not open_:
+            return self._reject(req, "no_replica_available")
+        target = open_[self.router.route(req, open_)]
+        if self.max_queue is not None and len(target.scheduler.waiting) >= self.max_queue:
+            return self._reject(req, "queue_full")
+        target.submit(req)
+
+    # --- failures --------------------------------------------------------------------------------
+    def fail(self, replica: Replica, cause: str) -> None:
+        self.stats["failure_events"] += 1
+        requeue = self.resolved.config.failures.on_failure == "requeue"
+        for req in replica.fail():
+            if requeue:
+                req.num_requeues += 1
+                self.stats["requeued_requests"] += 1
+                self._route(req)
+            else:
+                self.stats["failure_rejected"] += 1
+                self._reject(req, f"replica_{cause}")
+
+    def repair(self, replica: Replica) -> None:
+        replica.repair()
 
     def _reject(self, req: Request, reason: str) -> None:
         req.outcome, req.reason = REJECTED, reason
@@ -110,6 +146,8 @@ class Cluster:
             env.process(self.open_loop())
         if len(self.specs) == 0:
             self.done.succeed()
+        if self.resolved.config.failures.enabled:
+            failures.start(env, self, self.resolved.config.failures, self.rng)
         limit = self.resolved.config.run.max_duration_s
         until = self.done if limit is None else env.any_of([self.done, env.timeout(limit)])
         env.run(until=until)
@@ -126,7 +164,11 @@ class Cluster:
                     req.arrival_s = float("nan") if closed else float(self.specs.arrival_s[i])
                     req.outcome, req.reason = UNFINISHED, "not_arrived"
                     self.requests.append(req)
-        return RunRecord(self.requests, np.asarray(self.itl, dtype=float), self.replicas, env.now, len(self.specs))
+        for rep in self.replicas:
+            if not rep.up:
+                rep.stats.down_s += env.now - rep._down_since
+        return RunRecord(self.requests, np.asarray(self.itl, dtype=float), self.replicas, env.now, len(self.specs),
+                         np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats))
 
 
 def _scaled(cost_fn, factor: float):
@@ -140,6 +182,7 @@ def _scaled(cost_fn, factor: float):
 
 
 def run(resolved: Resolved, step_scale: float = 1.0) -> RunRecord:
-    rng = np.random.default_rng(resolved.config.seed)
-    specs = workload.build(resolved.config.workload, rng, resolved.base_dir)
-    return Cluster(resolved, specs, step_scale).run()
+    """Independent random streams for the workload and for failures, both from the scenario's seed."""
+    workload_seed, failure_seed = np.random.SeedSequence(resolved.config.seed).spawn(2)
+    specs = workload.build(resolved.config.workload, np.random.default_rng(workload_seed), resolved.base_dir)
+    return Cluster(resolved, specs, step_scale, np.random.default_rng(failure_seed)).run()

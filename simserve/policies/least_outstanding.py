@@ -16,7 +16,7 @@ class LeastOutstanding:
     """Pick the replica with the fewest outstanding requests; ties go to the lowest index."""
 
     def __init__(self, params: LeastOutstandingParams, num_replicas: int):
-        self.n = num_replicas
+        pass
 
     def route(self, request, replicas) -> int:
         best, best_load = 0, None

@@ -13,13 +13,12 @@ class RoundRobinParams(Frozen):
 
 @ROUTERS.register(RoundRobinParams)
 class RoundRobin:
-    """Send request i to replica i mod n."""
+    """Send the i-th routed request to replica i mod n (of the replicas open at that moment)."""
 
     def __init__(self, params: RoundRobinParams, num_replicas: int):
-        self.n = num_replicas
-        self.next = 0
+        self.count = 0
 
     def route(self, request, replicas) -> int:
-        i = self.next
-        self.next = (i + 1) % self.n
+        i = self.count % len(replicas)
+        self.count += 1
         return i

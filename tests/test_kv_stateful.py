@@ -1,0 +1,113 @@
+"""A hypothesis state machine drives the block manager through allocate / append / free / fork /
+prefix attach / register / eviction and checks after every step that no block is double-freed or
+double-owned, reference counts match the block tables, and capacity is never exceeded."""
+from __future__ import annotations
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from simserve.engine.kv import BlockManager
+
+NUM_BLOCKS, BS = 12, 4
+# content of a request: a "document" id; prefixes of equal documents hash equally
+hash_chain = lambda doc, n: [hash((doc, i)) for i in range(n)]  # noqa: E731
+
+
+class BlockMachine(RuleBasedStateMachine):
+    def __init__(self):
+        super().__init__()
+        self.kv = BlockManager(NUM_BLOCKS, BS)
+        self.tokens: dict[int, int] = {}      # model: tokens each live request holds
+        self.doc: dict[int, int] = {}
+        self.next_id = 0
+
+    def _new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id
+
+    @rule(tokens=st.integers(1, 20), doc=st.integers(0, 2), use_cache=st.booleans())
+    def admit(self, tokens, doc, use_cache):
+        rid = self._new_id()
+        cached = self.kv.attach_prefix(rid, hash_chain(doc, tokens // BS)) if use_cache else 0
+        assert cached % BS == 0 and cached <= tokens
+        before = self.kv.num_free
+        got = self.kv.allocate_slots(rid, tokens)
+        if got is None:
+            assert self.kv.num_free == before
+            self.kv.free(rid)
+            return
+        self.tokens[rid], self.doc[rid] = tokens, doc
+        self.kv.register_prefix(rid, hash_chain(doc, tokens // BS), tokens)
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data(), extra=st.integers(1, 6))
+    def append(self, data, extra):
+        rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        want = self.tokens[rid] + extra
+        before = self.kv.num_free
+        got = self.kv.allocate_slots(rid, want)
+        if got is None:
+            assert self.kv.num_free == before
+        else:
+            self.tokens[rid] = want
+            assert self.kv.num_held(rid) == -(-want // BS)
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def free(self, data):
+        rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        assert self.kv.free(rid) == -(-self.tokens.pop(rid) // BS)
+        assert self.kv.free(rid) == 0            # a second free is a no-op, never a double free
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def fork(self, data):
+        parent = data.draw(st.sampled_from(sorted(self.tokens)))
+        child = self._new_id()
+        self.kv.fork(parent, child)
+        self.tokens[child], self.doc[child] = self.tokens[parent], self.doc[parent]
+        assert self.kv.table(child) == self.kv.table(parent)
+
+    @invariant()
+    def consistent(self):
+        self.kv.check()
+        assert 0 <= self.kv.num_free <= NUM_BLOCKS
+        for rid, tokens in self.tokens.items():
+            assert self.kv.num_held(rid) == -(-tokens // BS)
+        # distinct blocks in use never exceed capacity
+        used = {b for rid in self.tokens for b in self.kv.table(rid)}
+        assert len(used) == self.kv.num_used <= NUM_BLOCKS
+
+
+TestBlockMachine = BlockMachine.TestCase
+TestBlockMachine.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+def test_prefix_blocks_are_shared_and_evicted_lru():
+    kv = BlockManager(4, 2)
+    h = hash_chain(7, 2)
+    assert kv.attach_prefix(1, h) == 0
+    kv.allocate_slots(1, 4)
+    kv.register_prefix(1, h, 4)
+    assert kv.attach_prefix(2, h) == 4              # both full blocks reused
+    assert kv.table(2) == kv.table(1) and kv.num_used == 2
+    kv.free(1)
+    kv.free(2)
+    assert kv.num_free == 4 and kv.num_used == 0    # cached blocks count as free ...
+    assert kv.attach_prefix(3, h) == 4              # ... but still hit
+    kv.free(3)
+    kv.allocate_slots(4, 8)                         # needs every block: the cached ones are evicted
+    assert kv.attach_prefix(5, h) == 0
+    kv.check()
+
+
+def test_fork_copies_a_shared_partial_block_on_write():
+    kv = BlockManager(6, 4)
+    kv.allocate_slots(1, 6)                          # blocks: one full, one half-full
+    kv.fork(1, 2)
+    assert kv.num_used == 2
+    assert kv.allocate_slots(2, 7) == 1              # child writes into the shared half block: copy
+    assert kv.table(2)[0] == kv.table(1)[0] and kv.table(2)[1] != kv.table(1)[1]
+    assert kv.allocate_slots(1, 7) == 0              # the parent now owns its block alone
+    kv.check()
