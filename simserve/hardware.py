@@ -55,11 +55,24 @@ class Price(Frozen):
 
 
 class OpEfficiency(Frozen):
-    """time = overhead + max(flops / (peak * flops_fraction), bytes / (bandwidth * bandwidth_fraction))."""
+    """time = overhead + max(flops / (peak * flops_fraction), bytes / (bandwidth * bandwidth_fraction)).
+
+    The last two fields are optional shape terms of :mod:`simserve.cost.ops`; their defaults give exactly
+    the plain roofline above. ``overlap_exponent`` joins compute and memory time (GEMM, attention);
+    ``unit_overhead_ns`` is a fixed cost per parallel work unit (attention: one sequence times one head).
+    Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale``.
+    """
 
     flops_fraction: float = Field(gt=0, le=1)
     bandwidth_fraction: float = Field(gt=0, le=1)
     overhead_us: float = Field(ge=0, description="Fixed launch/latency cost per kernel, microseconds")
+    overlap_exponent: float | None = Field(
+        default=None, ge=1,
+        description="p in (compute^p + memory^p)^(1/p): None is max() (full overlap), 1 is the sum (none)")
+    unit_overhead_ns: float = Field(
+        default=0.0, ge=0, description="Attention: fixed cost per (sequence, head) work unit, nanoseconds")
+    hop_latency_scale: float = Field(
+        default=1.0, ge=0, description="Collectives: multiplier on the link latency per algorithm hop")
 
 
 class Efficiency(Frozen):

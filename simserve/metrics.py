@@ -73,6 +73,31 @@ def _stats(name: str, values: np.ndarray) -> dict:
     return out
 
 
+def weighted_percentile(values: np.ndarray, counts: np.ndarray, p: float) -> float:
+    """``np.percentile`` (linear) of the array in which ``values[i]`` appears ``counts[i]`` times,
+    without building that array."""
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(counts[order])
+    rank = p / 100.0 * (cum[-1] - 1)
+    lo = int(np.floor(rank))
+    hi = min(lo + 1, int(cum[-1]) - 1)
+    v_lo = v[np.searchsorted(cum, lo, side="right")]
+    v_hi = v[np.searchsorted(cum, hi, side="right")]
+    return float(v_lo + (v_hi - v_lo) * (rank - lo))
+
+
+def _weighted_stats(name: str, values: np.ndarray, counts: np.ndarray) -> dict:
+    if counts.sum() == 0:
+        return _stats(name, np.array([]))
+    total = counts.sum()
+    mean = float(np.dot(values, counts) / total)
+    out = {f"mean_{name}_ms": _f(mean), f"median_{name}_ms": _f(weighted_percentile(values, counts, 50)),
+           f"std_{name}_ms": _f(np.sqrt(np.dot(counts, (values - mean) ** 2) / total))}
+    for p in PERCENTILES[1:]:
+        out[f"p{p}_{name}_ms"] = _f(weighted_percentile(values, counts, p))
+    return out
+
+
 def meets_slo(df: pd.DataFrame, slo) -> np.ndarray:
     """Boolean per row: completed and within every SLO bound that is set."""
     ok = (df["outcome"] == COMPLETED).to_numpy().copy()
@@ -112,10 +137,10 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
         "total_token_throughput": _f(per_s(in_tok + out_tok)),
     }
     s["slo"] = cfg.slo.model_dump()
-    s["slo_attainment"] = _f(meets_slo(df, cfg.slo).sum() / len(done)) if len(done) else None
+    s["slo_attainment"] = _f(meets_slo(df, cfg.slo).sum() / len(df)) if len(df) else None
     for name, col in (("ttft", "ttft_ms"), ("tpot", "tpot_ms"), ("e2el", "e2el_ms")):
         s.update(_stats(name, done[col].to_numpy(dtype=float)))
-    s.update(_stats("itl", rec.itl_s * 1e3))
+    s.update(_weighted_stats("itl", rec.itl_s * 1e3, rec.itl_counts))
     e2el_s = done["e2el_ms"].to_numpy() / 1e3
     ttft_s = done["ttft_ms"].to_numpy() / 1e3
     outs = done["output_tokens"].to_numpy()
@@ -154,6 +179,7 @@ def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
         "mfu": _f(sum(st.flops for st in stats) / (replica_time * peak_flops)) if replica_time > 0 else None,
         "mbu": _f(sum(st.bytes for st in stats) / (replica_time * peak_bw)) if replica_time > 0 else None,
         "step_bound_fraction": {k: _f(v / busy) for k, v in sorted(bound_s.items())} if busy > 0 else {},
+        "mean_kv_utilization": _f(sum(st.sum_kv_blocks for st in stats) / iters / blocks) if iters else None,
         "peak_kv_utilization": _f(max(st.peak_kv_blocks for st in stats) / blocks),
         "peak_waiting_requests": max(st.peak_waiting for st in stats),
         "peak_running_requests": max(st.peak_running for st in stats),
@@ -166,7 +192,7 @@ UNSTABLE_GROWTH = 0.05
 
 def stability(rec: RunRecord) -> dict:
     """Is the offered load sustainable? Requests in the system are sampled at every arrival; over the
-    second half of the arrivals their least-squares growth rate is ``queue_growth_per_s``. The run is
+    second half of the arrival time span their least-squares growth rate is ``queue_growth_per_s``. The run is
     ``unstable`` when that growth exceeds 5% of the offered request rate, i.e. the backlog grows
     without bound rather than fluctuating around a level."""
     samples = rec.outstanding

@@ -27,14 +27,17 @@ def bundled_names(kind: str, suffixes: tuple[str, ...] = (".yaml", ".yml")) -> l
 
 
 def resolve(kind: str, ref: str, suffixes: tuple[str, ...] = (".yaml", ".yml"), base: Path | None = None) -> Path | None:
-    """A bundled name (``h100-sxm-80gb``) or a file path (relative to ``base`` first) -> a file, or None."""
+    """A bundled name (``h100-sxm-80gb``) or a file path (relative to ``base`` first) -> a file, or None.
+
+    A reference that looks like a path (it has a folder separator or a file suffix) is looked up as a
+    file first, so ``./quickstart.yaml`` in the working folder wins over the bundled ``quickstart``."""
     folder = data_dir(kind) if kind != "models" else catalog_dir()
-    for suffix in ("",) + suffixes:
-        candidate = folder / f"{ref}{suffix}"
-        if candidate.is_file() and "/" not in ref and "\\" not in ref:
-            return candidate
     path = Path(ref).expanduser()
-    for candidate in ([base / path] if base is not None and not path.is_absolute() else []) + [path]:
+    files = [base / path] if base is not None and not path.is_absolute() else []
+    files.append(path)
+    bundled = [] if "/" in ref or "\\" in ref else [folder / f"{ref}{suffix}" for suffix in ("",) + suffixes]
+    looks_like_path = bool(path.suffix) or len(bundled) == 0
+    for candidate in (files + bundled) if looks_like_path else (bundled + files):
         if candidate.is_file():
             return candidate
     return None

@@ -31,6 +31,9 @@ BASE = {
                  "prompt_tokens": {"dist": "fixed", "value": 128}, "output_tokens": {"dist": "fixed", "value": 16}},
 }
 
+# summary.json keys whose value is a mapping with fixed keys (others map data-dependent names to values)
+FIXED_MAPPINGS = ("slo", "stability", "failures", "memory_per_device")
+
 TINY = {
     "name": "docs-tiny",
     "model": "llama-3.1-8b",
@@ -221,7 +224,7 @@ def test_every_summary_key_is_documented(tiny_result):
     assert summary["completed"] == 5
     missing = sorted(set(summary) - documented)
     assert not missing, f"summary.json keys not defined in docs/metrics.md: {missing}"
-    nested = set(summary["memory_per_device"]) | set(summary["slo"])
+    nested = {key for name in FIXED_MAPPINGS for key in summary[name]}
     missing = sorted(nested - documented)
     assert not missing, f"nested summary.json keys not defined in docs/metrics.md: {missing}"
 
@@ -236,7 +239,7 @@ def test_every_request_column_is_documented_in_order(tiny_result):
 def test_summary_tables_name_only_real_keys(tiny_result):
     """The reverse check: a key in the first column of a summary.json table exists."""
     summary = tiny_result.summary
-    real = set(summary) | set(summary["memory_per_device"])
+    real = set(summary) | {key for name in FIXED_MAPPINGS for key in summary[name]}
     text = METRICS_MD.read_text().split("## summary.json", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"^\| `(\w+)` \|", text, re.M))
     assert named, "no summary.json tables found"
@@ -256,6 +259,9 @@ def test_outcomes_reasons_and_bound_classes_are_documented():
     # rejections: self._reject(req, "reason"); unfinished: req.outcome, req.reason = UNFINISHED, "reason"
     reasons = set(re.findall(r"_reject\(\w+, \"(\w+)\"\)", source))
     reasons |= set(re.findall(r"UNFINISHED, \"(\w+)\"", source))
+    # failures: cluster.fail(replica, "cause") rejects with reason "replica_<cause>" (on_failure: reject)
+    failures = (ROOT / "simserve" / "engine" / "failures.py").read_text()
+    reasons |= {f"replica_{cause}" for cause in re.findall(r"\.fail\(\w+, \"(\w+)\"\)", failures)}
     assert reasons, "found no rejection reasons in simserve/engine/sim.py"
     words = reasons | {request.COMPLETED, request.REJECTED, request.UNFINISHED} | {
         ops.COMPUTE, ops.MEMORY, ops.NETWORK, ops.OVERHEAD}

@@ -29,7 +29,7 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 60, 60, 60
 
 
-def _fmt_value(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     """A short one-line repr, safe for any input (deep, recursive, or a 10,000-digit integer)."""
     try:
         text = _REPR.repr(value)
@@ -152,9 +152,9 @@ def _message(err: dict, root: type, prefix: tuple) -> str:
     if kind == "missing":
         return "required key is missing"
     if kind == "invalid_key" or (err["loc"] and err["loc"][-1] == "[key]"):
-        return f"a key must be a string, got {_fmt_value(value)}"
+        return f"a key must be a string, got {fmt_value(value)}"
     if kind in _TYPE_WORDS:
-        return f"must be {_TYPE_WORDS[kind]}, got {_fmt_value(value)}"
+        return f"must be {_TYPE_WORDS[kind]}, got {fmt_value(value)}"
     bounds = {
         "greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
         "less_than_equal": ("<=", "le"), "less_than": ("<", "lt"),
@@ -164,13 +164,13 @@ def _message(err: dict, root: type, prefix: tuple) -> str:
         bound = ctx.get(key)
         if isinstance(bound, float) and bound.is_integer():
             bound = int(bound)
-        return f"must be {op} {bound}, got {_fmt_value(value)}"
+        return f"must be {op} {bound}, got {fmt_value(value)}"
     if kind == "finite_number":
-        return f"must be a finite number, got {_fmt_value(value)}"
+        return f"must be a finite number, got {fmt_value(value)}"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {_fmt_value(value)}"
+        return f"must be one of {ctx.get('expected')}, got {fmt_value(value)}"
     if kind == "union_tag_invalid":
-        return f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {_fmt_value(ctx.get('tag'))}; known: {ctx.get('expected_tags')}"
+        return f"unknown {ctx.get('discriminator', 'kind').strip(chr(39))} {fmt_value(ctx.get('tag'))}; known: {ctx.get('expected_tags')}"
     if kind == "union_tag_not_found":
         return f"a '{ctx.get('discriminator', 'kind').strip(chr(39))}' key is required"
     if kind in ("too_short", "too_long"):
@@ -198,7 +198,7 @@ def validate(model: type[BaseModel], data: Any, prefix: tuple = ()) -> Any:
             # "str | dict" wrong on every side: name every accepted type, not just the first one tried
             words = [_TYPE_WORDS[e["type"]] for e in errors if _is_union_mismatch(e, data)
                      and display_path(tuple(e["loc"]), data, e["type"]) == path]
-            reason = f"must be {' or '.join(dict.fromkeys(words))}, got {_fmt_value(err.get('input'))}"
+            reason = f"must be {' or '.join(dict.fromkeys(words))}, got {fmt_value(err.get('input'))}"
         full = ".".join(p for p in (".".join(fmt_key(p) for p in prefix), path) if p)
         raise ScenarioError(full or "(top level)", reason) from None
 
@@ -228,7 +228,7 @@ def check_tree(data: Any, prefix: tuple = (), ints: bool = True) -> None:
         node, path = stack.pop()
         depth = len(path) - len(prefix)
         if ints and isinstance(node, int) and not isinstance(node, bool) and not INT_RANGE[0] <= node <= INT_RANGE[1]:
-            raise ScenarioError(_join(path), f"must be an integer that fits in 64 bits, got {_fmt_value(node)}")
+            raise ScenarioError(_join(path), f"must be an integer that fits in 64 bits, got {fmt_value(node)}")
         if not isinstance(node, (dict, list, tuple, set, frozenset)):
             continue
         if depth >= MAX_DEPTH:
@@ -277,6 +277,6 @@ def set_path(data: dict, path: str, value: Any) -> dict:
         if nxt is None:
             nxt = node[part] = {}
         if not isinstance(nxt, (dict, list)):
-            raise ScenarioError(here, f"is {_fmt_value(nxt)}, not a mapping; cannot set '{fmt_key(path)}'")
+            raise ScenarioError(here, f"is {fmt_value(nxt)}, not a mapping; cannot set '{fmt_key(path)}'")
         node = nxt
     return out

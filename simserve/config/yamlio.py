@@ -9,6 +9,8 @@
 """
 from __future__ import annotations
 
+import copy
+import functools
 import re
 from collections.abc import Hashable
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ScenarioError
-from .base import MAX_DEPTH, fmt_key
+from .base import MAX_DEPTH, fmt_value, fmt_key
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_ALIASES = 100
@@ -38,8 +40,7 @@ class _StrictLoader(yaml.SafeLoader):
             if self._aliases > MAX_ALIASES:
                 mark = self.peek_event().start_mark
                 raise ScenarioError(f"line {mark.line + 1}", f"more than {MAX_ALIASES} YAML aliases; refused")
-        # checked here rather than by catching RecursionError: PyYAML's scanner slows down
-        # quadratically with flow nesting ('[[[[...'), so a deep document must be stopped early
+        # checked here rather than by catching RecursionError, which would first have to be reached
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
@@ -48,6 +49,12 @@ class _StrictLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def fetch_flow_collection_start(self, TokenClass):
+        # the scanner's cost grows with the square of flow nesting ('[[[[...'): stop it before the composer would
+        if self.flow_level >= MAX_DEPTH:
+            raise ScenarioError(f"line {self.get_mark().line + 1}", f"nested more than {MAX_DEPTH} levels deep")
+        super().fetch_flow_collection_start(TokenClass)
 
     def compose_document(self):
         node = super().compose_document()
@@ -74,11 +81,15 @@ class _StrictLoader(yaml.SafeLoader):
         except (ScenarioError, yaml.YAMLError):
             raise
         except Exception as exc:  # a constructor's ValueError etc.: '2023-02-30', '!!bool maybe', huge ints
-            text = " ".join(str(exc).split(";")[0].split()) or type(exc).__name__
-            raise ScenarioError(f"line {node.start_mark.line + 1}", f"invalid {node.tag.rsplit(':', 1)[-1]} "
-                                f"value: {text}") from None
+            tag = node.tag.rsplit(":", 1)[-1]
+            value = fmt_value(node.value) if isinstance(node, yaml.ScalarNode) else "value"
+            why = " ".join(str(exc).split(";")[0].split()) if isinstance(exc, (ValueError, OverflowError)) else ""
+            raise ScenarioError(f"line {node.start_mark.line + 1}",
+                                f"invalid {tag} {value}" + (f" ({why})" if why else "")) from None
 
     def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):  # '!!set [1]'
+            raise ScenarioError(f"line {node.start_mark.line + 1}", f"expected a mapping for {node.tag}")
         seen: set = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -111,6 +122,7 @@ _StrictLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 
 def loads(text: str, where: str = "") -> Any:
     """Parse YAML text. Errors become one-line :class:`ScenarioError` naming ``where`` and the line."""
+    where = fmt_key(where)
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except ScenarioError as exc:
@@ -125,7 +137,9 @@ def loads(text: str, where: str = "") -> Any:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ScenarioError(f"{where} {line}".strip(), f"invalid YAML: {' '.join(problem.split())}") from None
     except RecursionError:
-        raise ScenarioError(where, "YAML nested too deeply") from None
+        raise ScenarioError(where or "(top level)", "YAML nested too deeply") from None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:  # a PyYAML corner we missed
+        raise ScenarioError(where or "(top level)", f"invalid YAML ({type(exc).__name__})") from None
 
 
 def load_file(path: Path) -> Any:
@@ -145,4 +159,11 @@ def load_file(path: Path) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ScenarioError(where, f"not UTF-8 text (byte {exc.start})") from None
+    return copy.deepcopy(_loads_cached(text, where))
+
+
+@functools.lru_cache(maxsize=64)
+def _loads_cached(text: str, where: str) -> Any:
+    # profiles and catalog models are re-read by every scenario load, and PyYAML is slow (~10 ms for a
+    # profile); keyed by the text itself, so an edited file is parsed again. Errors are not cached.
     return loads(text, where)

@@ -52,6 +52,13 @@ class BatchAccumulator:
             self.pqq += q * q
             self.pkv += c + q
 
+    def add_decodes(self, count: int, sum_ctx_plus_one: int) -> None:
+        """``count`` sequences decoding one token each, whose ``c + 1`` sum to ``sum_ctx_plus_one``."""
+        self.n += count
+        self.t += count
+        self.ds += count
+        self.dc += sum_ctx_plus_one
+
     def shape(self, num_logits: int) -> BatchShape:
         return BatchShape(self.n, self.t, num_logits, self.ds, self.dc, self.ps, self.pt,
                           self.pqc, self.pqq, self.pkv)

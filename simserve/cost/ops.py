@@ -4,6 +4,11 @@ Each operator's time is ``overhead + max(compute, memory)`` where compute is FLO
 FLOP rate and memory is bytes over the achievable bandwidth. The achievable fractions and the overhead
 are the per-operator-class parameters of :class:`simserve.hardware.OpEfficiency`, fitted by
 ``simserve calibrate``. Collectives use the link's bandwidth and latency instead of memory.
+
+Two optional shape terms refine this where measurements demand it; their defaults give the plain roofline:
+``overlap_exponent`` replaces ``max`` by a p-norm (a kernel near its ridge point is limited by both
+compute and memory), and ``unit_overhead_ns`` charges attention kernels per (sequence, head) work unit.
+Collectives scale the link's hop latency by ``hop_latency_scale`` (1-shot/2-shot all-reduce vs. a ring).
 """
 from __future__ import annotations
 
@@ -24,16 +29,39 @@ class OpTime:
     bytes: float
 
 
-def roofline_s(flops: float, bytes_: float, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
-    """The roofline: compute- or memory-bound time plus the kernel's fixed overhead."""
+def combine_s(compute_s: float, memory_s: float, overlap_exponent: float | None) -> float:
+    """Compute and memory time of one kernel joined: ``max`` when they overlap fully (exponent None),
+    their sum when they do not overlap (exponent 1), the p-norm ``(c^p + m^p)^(1/p)`` in between."""
+    hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
+    if overlap_exponent is None or hi <= 0.0:
+        return hi
+    p = overlap_exponent
+    return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+
+
+def _roofline(flops: float, bytes_: float, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency,
+              overhead_s: float) -> OpTime:
     compute_s = flops / (peak_flops_s * eff.flops_fraction)
     memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
-    overhead_s = eff.overhead_us * 1e-6
-    body_s = compute_s if compute_s >= memory_s else memory_s
+    body_s = combine_s(compute_s, memory_s, eff.overlap_exponent)
     bound = COMPUTE if compute_s >= memory_s else MEMORY
     if overhead_s > body_s:
         bound = OVERHEAD
     return OpTime(overhead_s + body_s, bound, flops, bytes_)
+
+
+def roofline_s(flops: float, bytes_: float, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+    """The roofline: compute- or memory-bound time plus the kernel's fixed overhead."""
+    return _roofline(flops, bytes_, peak_flops_s, bandwidth_bytes_s, eff, eff.overhead_us * 1e-6)
+
+
+def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
+                   eff: OpEfficiency) -> OpTime:
+    """A fused attention kernel: the roofline plus a fixed cost per work unit, one sequence times one head
+    (query heads for prefill kernels, KV heads for decode kernels: the units their launch grids split by).
+    With ``eff.unit_overhead_ns == 0`` this is :func:`roofline_s`."""
+    overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
+    return _roofline(flops, bytes_, peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:
@@ -90,7 +118,7 @@ def allreduce_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_
     p = num_devices
     wire_bytes = 2.0 * (p - 1) / p * message_bytes
     wire_s = wire_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
-    latency_s = 2.0 * (p - 1) * link_latency_s + eff.overhead_us * 1e-6
+    latency_s = eff.hop_latency_scale * 2.0 * (p - 1) * link_latency_s + eff.overhead_us * 1e-6
     return OpTime(wire_s + latency_s, NETWORK, 0.0, wire_bytes)
 
 
@@ -98,4 +126,5 @@ def send_recv_time(message_bytes: float, link_bandwidth_bytes_s: float, link_lat
                    eff: OpEfficiency) -> OpTime:
     """Point-to-point transfer (pipeline stages, KV transfer)."""
     wire_s = message_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
-    return OpTime(wire_s + link_latency_s + eff.overhead_us * 1e-6, NETWORK, 0.0, message_bytes)
+    latency_s = eff.hop_latency_scale * link_latency_s + eff.overhead_us * 1e-6
+    return OpTime(wire_s + latency_s, NETWORK, 0.0, message_bytes)

@@ -8,7 +8,6 @@ sample a token, plus a fixed per-iteration framework overhead.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from ..hardware import DTYPE_BYTES, HardwareProfile
@@ -39,6 +38,10 @@ class Precision:
         return Precision(DTYPE_BYTES[weights], DTYPE_BYTES[activations], DTYPE_BYTES[kv_cache], activations)
 
 
+BOUNDS = (ops.COMPUTE, ops.MEMORY, ops.NETWORK, ops.OVERHEAD)
+CACHE_ENTRIES = 200_000
+
+
 class RooflineStep:
     """Step time of one replica of ``model`` on ``tp`` devices of ``hw``. Pure: no state between calls."""
 
@@ -55,30 +58,29 @@ class RooflineStep:
         self.qkv_n = (m.q_size + 2 * m.kv_size) / tp
         self.o_k = m.q_size / tp
         self.ffn_n = m.ffn_size / tp
+        self.step_overhead_s = hw.efficiency.step_overhead_us * 1e-6
+        self._cache: dict = {}
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
 
     def layer_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
-        """The kernels of one decoder layer for batch ``b``, named."""
-        m, p, e, hw = self.model, self.prec, self.hw.efficiency, self.hw
-        T = b.num_tokens
+        """The kernels of one decoder layer for batch ``b``, named, in execution order."""
+        linear = self.linear_layer_ops(b.num_tokens)
+        return linear[:3] + self.attention_ops(b) + linear[3:]
+
+    def linear_layer_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
+        """A layer's kernels whose cost depends only on the token count (all but attention)."""
+        m, p, e = self.model, self.prec, self.hw.efficiency
         pk, bw, d = self.peak_flops_s, self.bw_bytes_s, m.head_size
-        wb, ab, kb = p.weight_bytes, p.act_bytes, p.kv_bytes
-        out: list[tuple[str, ops.OpTime]] = []
+        wb, ab = p.weight_bytes, p.act_bytes
         norm = ops.elementwise_time(T * m.hidden_size, 5.0, 2 * ab, pk, bw, e.elementwise)
-        out.append(("input_norm", norm))
-        out.append(("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)))
-        out.append(("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pk, bw, e.elementwise)))
-        if b.prefill_seqs:
-            fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
-            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, b.prefill_kv, ab, kb)
-            out.append(("attn_prefill", ops.roofline_s(fl, by, pk, bw, e.attention_prefill)))
-        if b.decode_seqs:
-            fl = ops.decode_attention_flops(self.heads, d, b.decode_ctx)
-            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, b.decode_ctx - b.decode_seqs, ab, kb)
-            out.append(("attn_decode", ops.roofline_s(fl, by, pk, bw, e.attention_decode)))
-        out.append(("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)))
+        out: list[tuple[str, ops.OpTime]] = [
+            ("input_norm", norm),
+            ("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)),
+            ("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pk, bw, e.elementwise)),
+            ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
+        ]
         allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce)
         add = ops.elementwise_time(T * m.hidden_size, 1.0, 3 * ab, pk, bw, e.elementwise)
         if self.tp > 1:
@@ -89,6 +91,21 @@ class RooflineStep:
         if self.tp > 1:
             out.append(("ffn_allreduce", allreduce))
         out.append(("ffn_residual", add))
+        return out
+
+    def attention_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
+        """Prefill and decode attention kernels of one layer (FlashAttention-style, fused)."""
+        m, p, e = self.model, self.prec, self.hw.efficiency
+        pk, bw, d, ab, kb = self.peak_flops_s, self.bw_bytes_s, m.head_size, p.act_bytes, p.kv_bytes
+        out = []
+        if b.prefill_seqs:
+            fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
+            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, b.prefill_kv, ab, kb)
+            out.append(("attn_prefill", ops.attention_time(fl, by, b.prefill_seqs * self.heads, pk, bw, e.attention_prefill)))
+        if b.decode_seqs:
+            fl = ops.decode_attention_flops(self.heads, d, b.decode_ctx)
+            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, b.decode_ctx - b.decode_seqs, ab, kb)
+            out.append(("attn_decode", ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pk, bw, e.attention_decode)))
         return out
 
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
@@ -120,20 +137,44 @@ class RooflineStep:
         head = ops.gemm_time(b.num_logits, m.vocab_size / self.tp, m.hidden_size, p.weight_bytes, p.act_bytes, pk, bw, e.gemm)
         return [("embedding", emb), ("final_norm", final), ("lm_head", head)]
 
-    def step(self, b: BatchShape) -> StepCost:
-        """Time of one iteration on this replica."""
-        if b.num_tokens == 0:
-            return StepCost(0.0, ops.OVERHEAD, 0.0, 0.0)
-        totals = {ops.COMPUTE: 0.0, ops.MEMORY: 0.0, ops.NETWORK: 0.0, ops.OVERHEAD: 0.0}
+    def _base(self, T: int, logits: int) -> tuple:
+        """Time per bound class, FLOPs and bytes of everything but attention, for ``T`` tokens and
+        ``logits`` sampled rows: all layers plus the embedding, final norm and LM head. Cached."""
+        key = (T, logits)
+        base = self._cache.get(key)
+        if base is not None:
+            return base
+        totals = dict.fromkeys(BOUNDS, 0.0)
         flops = bytes_ = 0.0
         L = self.model.num_layers
-        for scale, group in ((L, self.layer_ops(b)), (1, self.head_ops(b))):
+        head = self.head_ops(BatchShape(num_tokens=T, num_logits=logits))
+        for scale, group in ((L, self.linear_layer_ops(T)), (1, head)):
             for _, op in group:
                 totals[op.bound] += scale * op.time_s
                 flops += scale * op.flops
                 if op.bound != ops.NETWORK:
                     bytes_ += scale * op.bytes
-        totals[ops.OVERHEAD] += self.hw.efficiency.step_overhead_us * 1e-6
-        time_s = math.fsum(totals.values())
-        bound = max(totals, key=totals.get)
+        if len(self._cache) >= CACHE_ENTRIES:
+            self._cache.clear()
+        base = self._cache[key] = (tuple(totals[k] for k in BOUNDS), flops, bytes_)
+        return base
+
+    def step(self, b: BatchShape) -> StepCost:
+        """Time of one iteration on this replica, and the bound class that took the most of it."""
+        if b.num_tokens == 0:
+            return StepCost(0.0, ops.OVERHEAD, 0.0, 0.0)
+        (compute, memory, network, overhead), flops, bytes_ = self._base(b.num_tokens, b.num_logits)
+        L = self.model.num_layers
+        for _, op in self.attention_ops(b):
+            if op.bound == ops.COMPUTE:
+                compute += L * op.time_s
+            elif op.bound == ops.MEMORY:
+                memory += L * op.time_s
+            else:
+                overhead += L * op.time_s
+            flops += L * op.flops
+            bytes_ += L * op.bytes
+        overhead += self.step_overhead_s
+        time_s = compute + memory + network + overhead
+        bound = max(zip((compute, memory, network, overhead), BOUNDS))[1]
         return StepCost(time_s, bound, flops, bytes_)

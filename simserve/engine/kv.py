@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 class BlockManager:
     __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
-                 "_tokens", "hits_tokens")
+                 "_tokens", "hits_tokens", "_sharing")
 
     def __init__(self, num_blocks: int, block_size: int):
         self.num_blocks = num_blocks
@@ -26,6 +26,7 @@ class BlockManager:
         self._tables: dict[int, list[int]] = {}
         self._tokens: dict[int, int] = {}                              # KV slots each request holds
         self.hits_tokens = 0
+        self._sharing = False        # set once forks or prefix hashes exist; until then a fast path applies
 
     # --- queries ---------------------------------------------------------------------------------
     @property
@@ -77,6 +78,17 @@ class BlockManager:
                and self._ref[table[-1]] > 1)
         if need + cow > self.num_free:
             return None
+        if need > 0 and not self._sharing and need <= len(self._free):
+            free, ref = self._free, self._ref
+            new = free[-need:]
+            del free[-need:]
+            new.reverse()                                 # the order pop() would have given
+            for block in new:
+                ref[block] = 1
+            table.extend(new)
+            if num_tokens > held_tokens:
+                self._tokens[request_id] = num_tokens
+            return need
         if cow:
             old = table[-1]
             table[-1] = self._take()
@@ -90,6 +102,24 @@ class BlockManager:
             self._tokens[request_id] = num_tokens
         return max(need, 0) + cow
 
+    def grow_each_by_one(self, request_ids: list[int], num_tokens: list[int]) -> bool:
+        """Fast path for decoders crossing into a new block: give each request one more block, for
+        ``num_tokens[i]`` slots in total. All or nothing; False (nothing changed) when blocks are
+        short or sharing is in play, in which case the caller falls back to ``allocate_slots``."""
+        k = len(request_ids)
+        free = self._free
+        if self._sharing or k > len(free) or k == 0:
+            return k == 0
+        new = free[-k:]
+        del free[-k:]
+        new.reverse()
+        ref, tables, tokens = self._ref, self._tables, self._tokens
+        for rid, block, n in zip(request_ids, new, num_tokens):
+            ref[block] = 1
+            tables[rid].append(block)
+            tokens[rid] = n
+        return True
+
     def free(self, request_id: int) -> int:
         """Release every block of the request (shared ones stay with their other owners). Returns how
         many blocks the request held."""
@@ -97,6 +127,13 @@ class BlockManager:
         self._tokens.pop(request_id, None)
         if not table:
             return 0
+        if not self._sharing:               # nothing is shared or cached: every block goes back free
+            ref = self._ref
+            for block in table:
+                ref[block] = 0
+            table.reverse()
+            self._free.extend(table)
+            return len(table)
         for block in reversed(table):       # the tail is the least reusable: evict it first
             self._release(block)
         return len(table)
@@ -105,6 +142,7 @@ class BlockManager:
         """The child shares every block of the parent (parallel sampling, beam search)."""
         if child_id in self._tables:
             raise ValueError(f"request {child_id} already holds blocks")
+        self._sharing = True
         table = list(self._tables.get(parent_id, ()))
         for block in table:
             self._ref[block] += 1
@@ -117,6 +155,7 @@ class BlockManager:
         cached or in use. Returns the number of prompt tokens whose KV is thereby already computed."""
         if self._tables.get(request_id):
             raise ValueError(f"request {request_id} already holds blocks")
+        self._sharing = True
         table: list[int] = []
         for h in block_hashes:
             block = self._by_hash.get(h)
@@ -134,6 +173,7 @@ class BlockManager:
 
     def register_prefix(self, request_id: int, block_hashes, num_computed: int) -> None:
         """Publish the hashes of the request's full, computed blocks so later requests can share them."""
+        self._sharing = True
         table = self._tables.get(request_id, ())
         full = min(num_computed // self.block_size, len(table), len(block_hashes))
         for i in range(full):

@@ -20,7 +20,7 @@ class ReplicaStats:
     """What the replica did, accumulated per iteration (no per-token storage)."""
 
     __slots__ = ("iterations", "busy_s", "flops", "bytes", "tokens", "bound_s", "peak_kv_blocks",
-                 "peak_waiting", "peak_running", "sum_batch_seqs", "down_s")
+                 "peak_waiting", "peak_running", "sum_batch_seqs", "sum_kv_blocks", "down_s")
 
     def __init__(self) -> None:
         self.iterations = 0
@@ -33,12 +33,13 @@ class ReplicaStats:
         self.peak_waiting = 0
         self.peak_running = 0
         self.sum_batch_seqs = 0
+        self.sum_kv_blocks = 0       # KV blocks in use, summed over iterations (mean KV utilization)
         self.down_s = 0.0
 
 
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, step_cost: Callable,
-                 itl_out: list[float], on_finish: Callable[[Request], None],
+                 itl_out, on_finish: Callable[[Request], None],
                  on_timeout: Callable[[Request], None], timeout_s: float | None = None):
         self.env = env
         self.index = index
@@ -60,21 +61,12 @@ class Replica:
     def submit(self, req: Request) -> None:
         req.replica = self.index
         self.scheduler.add(req)
-        waiting = len(self.scheduler.waiting)
-        if waiting > self.stats.peak_waiting:
-            self.stats.peak_waiting = waiting
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
 
     def fail(self) -> list[Request]:
         """Stop now: the step in progress is lost, KV is dropped. Returns the requests it held."""
-        sched = self.scheduler
-        lost = list(sched.running) + list(sched.waiting)
-        for req in lost:
-            sched.kv.free(req.id)
-            req.num_computed = 0
-        sched.running.clear()
-        sched.waiting.clear()
+        lost = self.scheduler.drain()
         self.up = self.accepting = False
         self._down_since = self.env.now
         self._repaired = self.env.event()
@@ -114,7 +106,10 @@ class Replica:
                 yield self._wake
                 continue
             cost: StepCost = self.step_cost(step.shape)
+            if len(sched.waiting) > stats.peak_waiting:
+                stats.peak_waiting = len(sched.waiting)
             used = sched.kv.num_used
+            stats.sum_kv_blocks += used
             if used > stats.peak_kv_blocks:
                 stats.peak_kv_blocks = used
             if len(sched.running) > stats.peak_running:

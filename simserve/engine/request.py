@@ -13,7 +13,7 @@ COMPLETED, REJECTED, UNFINISHED = "completed", "rejected", "unfinished"
 class Request:
     __slots__ = ("id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed", "num_generated",
                  "first_token_s", "last_token_s", "finish_s", "outcome", "reason", "num_preemptions",
-                 "num_requeues", "replica", "on_done")
+                 "num_requeues", "replica", "on_done", "seq", "steady", "k0", "c0", "g0", "version")
 
     def __init__(self, id: int, arrival_s: float, prompt_tokens: int, output_tokens: int):
         self.id = id
@@ -31,6 +31,11 @@ class Request:
         self.num_requeues = 0          # times moved to another replica after a failure
         self.replica = -1
         self.on_done = None          # optional callback(request), e.g. a closed-loop user
+        # scheduler bookkeeping: admission order, and the frozen state of a steady decoder
+        self.seq = 0
+        self.steady = False
+        self.k0 = self.c0 = self.g0 = 0
+        self.version = 0
 
     @property
     def num_tokens(self) -> int:

@@ -1,12 +1,19 @@
 """The contract between a replica and its batch scheduler, and the bookkeeping every policy shares.
 
-A scheduler owns a waiting queue and a running list. Each iteration the replica calls
-:meth:`Scheduler.schedule` for a :class:`Step` (which requests run and how many new tokens each), waits
-the step's time, then calls :meth:`Scheduler.update`, which advances the requests and releases the
-finished ones. Policies subclass :class:`Scheduler` and implement ``schedule`` only.
+A scheduler owns a waiting queue and the running requests (in admission order). Each iteration the
+replica calls :meth:`Scheduler.schedule` for a :class:`Step`, waits the step's time, then calls
+:meth:`Scheduler.update`. Policies subclass :class:`Scheduler` and implement ``schedule``.
+
+Speed: most running requests are *steady decoders* — each iteration they compute one token and sample
+one. They are not touched per iteration: each is frozen at the decode tick ``k0`` where it became
+steady with ``c0`` computed and ``g0`` generated tokens, so after ``d`` more ticks it has ``c0 + d`` and
+``g0 + d``. Only events cost work: a decoder needing its next KV block (every ``block_size`` ticks), a
+decoder finishing, or a preemption. The others, *active* requests (prefilling, recomputing), are
+handled one by one. A tick is an iteration in which the steady decoders advance.
 """
 from __future__ import annotations
 
+from array import array
 from collections import deque
 from dataclasses import dataclass
 
@@ -16,6 +23,10 @@ from ..config.base import Frozen
 from ..cost.batch import BatchAccumulator, BatchShape
 from .kv import BlockManager
 from .request import Request
+
+
+def _by_seq(req: Request) -> int:
+    return req.seq
 
 
 class SchedulerParams(Frozen):
@@ -28,31 +39,57 @@ class SchedulerParams(Frozen):
 
 @dataclass(slots=True)
 class Step:
-    """One iteration: ``requests[i]`` computes ``new_tokens[i]`` tokens. ``shape`` is what the cost model sees."""
+    """One iteration: every steady decoder computes one token (``num_steady`` of them, a tick when > 0),
+    and ``requests[i]`` computes ``new_tokens[i]``. ``shape`` is what the cost model sees."""
 
     requests: list[Request]
     new_tokens: list[int]
     shape: BatchShape
+    num_steady: int
+
+
+class ItlRecorder:
+    """Inter-token latencies pooled over every streamed chunk, as (value, count) records: a tick's
+    steady decoders share one record, so no per-token storage is needed and percentiles stay exact."""
+
+    __slots__ = ("values", "counts")
+
+    def __init__(self) -> None:
+        self.values = array("d")
+        self.counts = array("q")
+
+    def add(self, value: float, count: int = 1) -> None:
+        self.values.append(value)
+        self.counts.append(count)
 
 
 class Scheduler:
-    """Base class. Subclasses implement :meth:`schedule`; they may use the helpers below."""
+    """Base class. Subclasses implement :meth:`schedule` with the helpers below."""
 
     def __init__(self, params: SchedulerParams, kv: BlockManager):
         self.params = params
         self.kv = kv
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.running: dict[int, Request] = {}     # admission order, steady and active alike
+        self.active: list[Request] = []           # running requests that are not steady, in order
         self.num_preemptions = 0
+        self.num_steady = 0
+        self._steady_sum = 0                      # sum of (c0 - k0) over steady decoders
+        self.tick = 0                             # ticks completed
+        self.tick_end_s = -1.0                    # when the last tick ended
+        self._fresh: list[Request] = []           # frozen since the last tick: own last-token time
+        self._block_due: dict[int, list] = {}     # tick -> [(request, version)] needing a block then
+        self._finish_due: dict[int, list] = {}    # tick -> [(request, version)] finishing in that tick
+        self._admitted = 0
 
     # --- hooks -----------------------------------------------------------------------------------
     def schedule(self) -> Step | None:
         """Hook: the next iteration, or None when there is nothing to run. Must make progress whenever
-        ``running`` is non-empty (preempting if KV runs out), and must allocate KV for every token it
-        schedules through ``self.kv.allocate_slots``."""
+        requests are running (preempting when KV runs out) and allocate KV for every token it schedules
+        (``schedule_steady`` and ``schedule_active`` do both)."""
         raise NotImplementedError
 
-    # --- shared bookkeeping ----------------------------------------------------------------------
+    # --- queue -----------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         """A request routed to this replica joins the waiting queue."""
         self.waiting.append(req)
@@ -61,20 +98,168 @@ class Scheduler:
     def num_outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
-    def preempt(self, req: Request) -> None:
-        """Preemption by recompute: drop the request's KV; it rejoins the front of the queue and will
-        recompute its prompt and every token generated so far."""
-        self.kv.free(req.id)
-        req.num_computed = 0
-        req.num_preemptions += 1
-        self.num_preemptions += 1
-        self.waiting.appendleft(req)
+    def admit(self, req: Request) -> None:
+        """Move the head of the waiting queue into the running set (the caller allocated its KV)."""
+        self.waiting.popleft()
+        self._admitted += 1
+        req.seq = self._admitted
+        self.running[req.id] = req
+        self.active.append(req)
 
-    def update(self, step: Step, now: float, itl_out: list[float]) -> list[Request]:
-        """Advance the step's requests at time ``now``: a request that has caught up samples one token
-        (the first sets TTFT, the others append an inter-token latency to ``itl_out``). Returns the
-        requests that finished; their KV is freed and they leave ``running``."""
+    # --- steady decoders -------------------------------------------------------------------------
+    def _freeze(self, req: Request) -> None:
+        """``req`` has caught up and sampled: from the next tick on it decodes one token per tick."""
+        req.steady = True
+        req.version += 1
+        req.k0, req.c0, req.g0 = self.tick, req.num_computed, req.num_generated
+        self.num_steady += 1
+        self._steady_sum += req.c0 - req.k0
+        self._fresh.append(req)
+        finish = req.k0 + req.output_tokens - req.g0 - 1
+        due = self._finish_due.get(finish)
+        if due is None:
+            self._finish_due[finish] = [(req, req.version)]
+        else:
+            due.append((req, req.version))
+        self._push_block_due(req, finish)
+
+    def _push_block_due(self, req: Request, finish_tick: int) -> None:
+        # at tick t the decoder needs c0 + (t - k0) + 1 slots; its blocks hold held * block_size
+        tick = req.k0 + self.kv.num_held(req.id) * self.kv.block_size - req.c0
+        if tick <= finish_tick:
+            if tick < self.tick:
+                tick = self.tick
+            due = self._block_due.get(tick)
+            if due is None:
+                self._block_due[tick] = [(req, req.version)]
+            else:
+                due.append((req, req.version))
+
+    def _thaw(self, req: Request) -> None:
+        """Write a steady decoder's current counts back to it; it stops being steady."""
+        done = self.tick - req.k0
+        req.num_computed = req.c0 + done
+        req.num_generated = req.g0 + done
+        if done > 0:
+            req.last_token_s = self.tick_end_s
+        req.steady = False
+        req.version += 1
+        self.num_steady -= 1
+        self._steady_sum -= req.c0 - req.k0
+        if done == 0 and req in self._fresh:
+            self._fresh.remove(req)
+
+    def steady_ctx_plus_one(self) -> int:
+        """Sum over steady decoders of (cached tokens + 1) at the coming tick."""
+        return self._steady_sum + self.num_steady * (self.tick + 1)
+
+    # --- preemption ------------------------------------------------------------------------------
+    def preempt_last(self) -> Request:
+        """Preemption by recompute of the most recently admitted running request: its KV is dropped
+        and it rejoins the front of the queue, to recompute its prompt and every generated token."""
+        victim = next(reversed(self.running.values()))
+        del self.running[victim.id]
+        if victim.steady:
+            self._thaw(victim)
+        else:
+            self.active.remove(victim)
+        self.kv.free(victim.id)
+        victim.num_computed = 0
+        victim.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(victim)
+        return victim
+
+    def schedule_steady(self) -> bool:
+        """Give every steady decoder the KV block it needs at this tick, in admission order, preempting
+        from the back of the running set when blocks run out. Returns whether it preempted."""
+        t = self.tick
+        due = self._block_due.pop(t, None)
+        if due is None:
+            return False
+        needers = [req for req, version in due if version == req.version]
+        if not needers:
+            return False
+        if len(needers) > 1:
+            needers.sort(key=_by_seq)
+        # each needer is one token past its last block (that is what its due tick means)
+        if self.kv.grow_each_by_one([r.id for r in needers], [r.c0 + (t - r.k0) + 1 for r in needers]):
+            nxt = t + self.kv.block_size
+            later = [(r, r.version) for r in needers if nxt <= r.k0 + r.output_tokens - r.g0 - 1]
+            if later:
+                bucket = self._block_due.get(nxt)
+                if bucket is None:
+                    self._block_due[nxt] = later
+                else:
+                    bucket.extend(later)
+            return False
+        preempted = False
+        for req in needers:
+            if not req.steady:
+                continue                                  # preempted as a victim already
+            slots = req.c0 + (t - req.k0) + 1
+            while self.kv.allocate_slots(req.id, slots) is None:
+                preempted = True
+                if self.preempt_last() is req:
+                    break
+            else:
+                self._push_block_due(req, req.k0 + req.output_tokens - req.g0 - 1)
+        return preempted
+
+    def schedule_active(self, budget: int, reqs: list, news: list, acc: BatchAccumulator) -> tuple[int, bool]:
+        """Active running requests in order take their next tokens from ``budget``, preempting from the
+        back when KV runs out. Returns the budget left and whether it preempted."""
+        preempted = False
+        for req in list(self.active):
+            if budget <= 0:
+                break
+            if req.id not in self.running:
+                continue
+            n = min(req.num_tokens - req.num_computed, budget)
+            fits = True
+            while self.kv.allocate_slots(req.id, req.num_computed + n) is None:
+                preempted = True
+                if self.preempt_last() is req:
+                    fits = False
+                    break
+            if not fits:
+                break
+            reqs.append(req)
+            news.append(n)
+            acc.add(n, req.num_computed)
+            budget -= n
+        return budget, preempted
+
+    def make_step(self, reqs: list, news: list, acc: BatchAccumulator, steady: bool = True) -> Step | None:
+        num_steady = self.num_steady if steady else 0
+        if not reqs and not num_steady:
+            return None
+        if num_steady:
+            acc.add_decodes(num_steady, self.steady_ctx_plus_one())
+        logits = num_steady + sum(1 for r, n in zip(reqs, news) if r.num_computed + n == r.num_tokens)
+        return Step(reqs, news, acc.shape(logits), num_steady)
+
+    # --- after the iteration ---------------------------------------------------------------------
+    def update(self, step: Step, now: float, itl: ItlRecorder) -> list[Request]:
+        """Advance the step's requests at time ``now``. A request that has caught up samples one token
+        (the first sets TTFT, later ones record an inter-token latency). Returns the requests that
+        finished; their KV is freed and they leave the running set."""
         finished = []
+        if step.num_steady:
+            fresh = self._fresh
+            for req in fresh:
+                itl.add(now - req.last_token_s)
+            if step.num_steady > len(fresh):
+                itl.add(now - self.tick_end_s, step.num_steady - len(fresh))
+            fresh.clear()
+            t = self.tick
+            self.tick += 1
+            self.tick_end_s = now
+            for req, version in self._finish_due.pop(t, ()):
+                if version == req.version:
+                    self._thaw(req)
+                    req.last_token_s = req.finish_s = now
+                    finished.append(req)
         for req, n in zip(step.requests, step.new_tokens):
             req.num_computed += n
             if req.num_computed < req.num_tokens:
@@ -83,43 +268,39 @@ class Scheduler:
             if req.first_token_s < 0:
                 req.first_token_s = now
             else:
-                itl_out.append(now - req.last_token_s)
+                itl.add(now - req.last_token_s)
             req.last_token_s = now
+            self.active.remove(req)
             if req.num_generated >= req.output_tokens:
                 req.finish_s = now
                 finished.append(req)
-        if finished:
-            for req in finished:
-                self.kv.free(req.id)
-            self.running = [r for r in self.running if r.finish_s < 0]
+            else:
+                self._freeze(req)
+        for req in finished:
+            del self.running[req.id]
+            self.kv.free(req.id)
         return finished
 
-    def schedule_running(self, budget: int, reqs: list, news: list, acc: BatchAccumulator) -> tuple[int, bool]:
-        """Give each running request its next tokens (up to ``budget``) in order, preempting from the
-        back of ``running`` when KV blocks run out. Returns the budget left and whether it preempted."""
-        preempted = False
-        i = 0
-        running = self.running
-        while i < len(running) and budget > 0:
-            req = running[i]
-            n = min(req.num_tokens - req.num_computed, budget)
-            if self.kv.allocate_slots(req.id, req.num_computed + n) is None:
-                victim = running.pop()
-                self.preempt(victim)
-                preempted = True
-                if victim is req:
-                    break
-                continue
-            reqs.append(req)
-            news.append(n)
-            acc.add(n, req.num_computed)
-            budget -= n
-            i += 1
-        return budget, preempted
+    # --- failures and the end of a run -----------------------------------------------------------
+    def drain(self) -> list[Request]:
+        """Drop everything (a failure): returns the running and waiting requests, their KV freed."""
+        for req in self.running.values():
+            if req.steady:
+                self._thaw(req)
+        lost = list(self.running.values()) + list(self.waiting)
+        for req in lost:
+            self.kv.free(req.id)
+            req.num_computed = 0
+        self.running.clear()
+        self.active.clear()
+        self.waiting.clear()
+        self._fresh.clear()
+        self._block_due.clear()
+        self._finish_due.clear()
+        return lost
 
-    @staticmethod
-    def make_step(reqs: list, news: list, acc: BatchAccumulator) -> Step | None:
-        if not reqs:
-            return None
-        logits = sum(1 for r, n in zip(reqs, news) if r.num_computed + n == r.num_tokens)
-        return Step(reqs, news, acc.shape(logits))
+    def settle(self) -> None:
+        """Write every steady decoder's counts back (the run is over)."""
+        for req in self.running.values():
+            if req.steady:
+                self._thaw(req)

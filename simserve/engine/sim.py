@@ -11,6 +11,7 @@ from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
 from .kv import BlockManager
+from .scheduler import ItlRecorder
 from .replica import Replica
 from .request import COMPLETED, REJECTED, UNFINISHED, Request
 
@@ -20,7 +21,8 @@ class RunRecord:
     """Everything a run produced, before it is summarised."""
 
     requests: list[Request]
-    itl_s: np.ndarray
+    itl_s: np.ndarray                # pooled inter-token latencies, seconds ...
+    itl_counts: np.ndarray           # ... and how many tokens each value stands for
     replicas: list[Replica]
     duration_s: float
     num_requests: int
@@ -37,7 +39,7 @@ class Cluster:
         self.resolved = resolved
         self.specs = specs
         self.env = simpy.Environment()
-        self.itl: list[float] = []
+        self.itl = ItlRecorder()
         self.requests: list[Request] = []
         self.num_done = 0
         self.done = self.env.event()
@@ -165,9 +167,11 @@ class Cluster:
                     req.outcome, req.reason = UNFINISHED, "not_arrived"
                     self.requests.append(req)
         for rep in self.replicas:
+            rep.scheduler.settle()
             if not rep.up:
                 rep.stats.down_s += env.now - rep._down_since
-        return RunRecord(self.requests, np.asarray(self.itl, dtype=float), self.replicas, env.now, len(self.specs),
+        return RunRecord(self.requests, np.frombuffer(self.itl.values, dtype=float),
+                         np.frombuffer(self.itl.counts, dtype=np.int64), self.replicas, env.now, len(self.specs),
                          np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats))
 
 

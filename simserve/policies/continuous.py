@@ -30,15 +30,16 @@ class ContinuousBatching(Scheduler):
         if not self.params.chunked_prefill:
             self._admit(budget, reqs, news, acc, whole=True)
             if reqs:
-                return self.make_step(reqs, news, acc)
-        budget, preempted = self.schedule_running(budget, reqs, news, acc)
-        if self.params.chunked_prefill and not preempted:
+                return self.make_step(reqs, news, acc, steady=False)   # a prefill-only iteration
+        preempted = self.schedule_steady()
+        budget, more = self.schedule_active(budget - self.num_steady, reqs, news, acc)
+        if self.params.chunked_prefill and not (preempted or more):
             self._admit(budget, reqs, news, acc, whole=False)
         return self.make_step(reqs, news, acc)
 
     def _admit(self, budget: int, reqs: list, news: list, acc: BatchAccumulator, whole: bool) -> int:
-        """Move requests from the head of the queue into ``running`` while budget, sequence slots and
-        KV blocks allow. ``whole``: a prompt must fit the remaining budget in one piece."""
+        """Admit requests from the head of the queue while budget, sequence slots and KV blocks allow.
+        ``whole``: a prompt must fit the remaining budget in one piece."""
         while self.waiting and budget > 0 and len(self.running) < self.params.max_num_seqs:
             req = self.waiting[0]
             n = req.num_tokens - req.num_computed
@@ -47,8 +48,7 @@ class ContinuousBatching(Scheduler):
             n = min(n, budget)
             if self.kv.allocate_slots(req.id, req.num_computed + n) is None:
                 break
-            self.waiting.popleft()
-            self.running.append(req)
+            self.admit(req)
             reqs.append(req)
             news.append(n)
             acc.add(n, req.num_computed)

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import resources
+from ..config.base import fmt_key
 from ..errors import ScenarioError
 from .config import TraceWorkload
 from .specs import RequestSpecs
@@ -28,17 +29,20 @@ def locate(ref: str, fmt: str | None, base_dir: Path | None, where: str) -> tupl
     ``where`` is the dotted path of the config holding ``path`` and ``format`` (``workload``), used in
     :class:`ScenarioError` messages.
     """
-    path = resources.resolve("workloads", ref, suffixes=SUFFIXES, base=base_dir)
+    try:
+        path = resources.resolve("workloads", ref, suffixes=SUFFIXES, base=base_dir)
+    except OSError as exc:  # e.g. a name longer than the file system allows
+        raise ScenarioError(f"{where}.path", f"cannot open {_quote(ref)}: {exc.strerror or exc}") from None
     if path is None:
         known = ", ".join(sorted(BUNDLED_FORMATS))
-        raise ScenarioError(f"{where}.path", f"no bundled workload or file '{ref}'; bundled: {known}")
+        raise ScenarioError(f"{where}.path", f"no bundled workload or file {_quote(ref)}; bundled: {known}")
     bundled = _bundled_format(path)
     if bundled is not None:
         if fmt is not None and fmt != bundled:
-            raise ScenarioError(f"{where}.format", f"'{ref}' is a bundled {bundled} trace, not {fmt}")
+            raise ScenarioError(f"{where}.format", f"{_quote(ref)} is a bundled {bundled} trace, not {fmt}")
         return path, bundled
     if fmt is None:
-        raise ScenarioError(f"{where}.format", f"required for '{ref}' (not a bundled workload): azure or mooncake")
+        raise ScenarioError(f"{where}.format", f"required for {_quote(ref)} (not a bundled workload): azure or mooncake")
     return path, fmt
 
 
@@ -53,11 +57,15 @@ def build_trace(cfg: TraceWorkload, base_dir: Path | None = None, where: str = "
     first = int(np.searchsorted(trace.time_s, cfg.start_s, side="left"))
     if first == len(trace):
         span = float(trace.time_s[-1])
-        raise ScenarioError(f"{where}.start_s", f"no requests at or after {cfg.start_s} s; '{cfg.path}' spans {span:.1f} s")
+        raise ScenarioError(f"{where}.start_s", f"no requests at or after {cfg.start_s} s; {_quote(cfg.path)} spans {span:.1f} s")
     stop = len(trace) if cfg.limit is None else min(len(trace), first + cfg.limit)
     keep = slice(first, stop)
     time_s = trace.time_s[keep]
-    arrival_s = (time_s - time_s[0]) * cfg.time_scale
+    with np.errstate(over="ignore"):
+        arrival_s = (time_s - time_s[0]) * cfg.time_scale
+    if not np.isfinite(arrival_s[-1]):
+        raise ScenarioError(f"{where}.time_scale", f"{cfg.time_scale:g} times the trace's {time_s[-1] - time_s[0]:.1f} s "
+                            "overflows; use a smaller time_scale")
     hashes = None if trace.hash_ids is None else trace.hash_ids[keep]
     return RequestSpecs(
         arrival_s=arrival_s,
@@ -65,6 +73,10 @@ def build_trace(cfg: TraceWorkload, base_dir: Path | None = None, where: str = "
         output_tokens=trace.output_tokens[keep].copy(),
         prefix_hashes=hashes,
     )
+
+
+def _quote(ref: str) -> str:
+    return f"'{ref}'" if fmt_key(ref) == ref else fmt_key(ref)
 
 
 def _bundled_format(path: Path) -> str | None:

@@ -6,24 +6,29 @@
 - Mooncake (FAST'25 release): JSON lines ``{"timestamp": ms, "input_length": n, "output_length": n,
   "hash_ids": [...]}``; each hash id names one 512-token block of the prompt.
 
-Blank lines are skipped. Timestamps must not decrease (equal is fine); token counts are integers >= 1.
+Lines end at ``\n``, ``\r\n`` or ``\r`` (as an editor counts them); blank lines are skipped; a UTF-8
+byte-order mark is ignored. Timestamps must not decrease (equal is fine); token counts are integers >= 1.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..config.base import fmt_key
 from ..errors import TraceError
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 MOONCAKE_KEYS = ("timestamp", "input_length", "output_length", "hash_ids")
 MAX_COUNT = 2**53  # larger "token counts" are corrupt data, and would not survive float64 exactly
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+_TICKS_PER_S = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +50,8 @@ class TraceColumns:
 
 def read_azure(path: Path | str) -> TraceColumns:
     """Read an Azure LLM inference trace (CSV)."""
-    name = str(path)
-    text_lines = _read_text(path).splitlines()
+    name = fmt_key(path)
+    text_lines = _NEWLINE.split(_read_text(path))  # not str.splitlines(): it also splits at \x0c, \u2028...
     numbers = [i for i, line in enumerate(text_lines, start=1) if line.strip()]
     rows = [text_lines[i - 1] for i in numbers]  # the header, then one row per request
     _check_widths(name, rows, numbers)
@@ -73,28 +78,37 @@ def read_azure(path: Path | str) -> TraceColumns:
     if bad.any():
         i = int(np.argmax(bad))
         raise TraceError(name, int(lines[i]), f"TIMESTAMP {_show(frame['TIMESTAMP'].iloc[i])} is not a datetime")
-    ns = stamps.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    _check_order(ns, name, lines, lambda i: frame["TIMESTAMP"].iloc[i])
-    time_s = (ns - ns[0]).astype(np.float64) / 1e9
+    # pandas picks the resolution (ns, or us for years outside 1678-2261): count in its own ticks, as
+    # converting to ns would silently wrap around
+    values = stamps.dt.tz_localize(None).to_numpy()
+    ticks = values.astype(np.int64)
+    _check_order(ticks, name, lines, lambda i: frame["TIMESTAMP"].iloc[i])
+    time_s = (ticks - ticks[0]).astype(np.float64) / _TICKS_PER_S[np.datetime_data(values.dtype)[0]]
     return TraceColumns(time_s, prompt, output, None)
 
 
 def read_mooncake(path: Path | str) -> TraceColumns:
     """Read a Mooncake trace (JSON lines, timestamps in milliseconds)."""
-    name = str(path)
+    name = fmt_key(path)
     text = _read_text(path)
     stamps: list = []
     prompt: list = []
     output: list = []
     hashes: list = []
     lines: list = []
-    for number, raw in enumerate(text.split("\n"), start=1):  # JSON strings may hold other line breaks
+    for number, raw in enumerate(_NEWLINE.split(text), start=1):  # JSON strings may hold \u2028 etc.
         if not raw.strip():
             continue
         try:
-            row = json.loads(raw)
+            row = json.loads(raw, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise TraceError(name, number, f"malformed JSON: {exc.msg} (column {exc.colno})") from None
+        except _DuplicateKey as exc:
+            raise TraceError(name, number, f"duplicate key {_show(exc.args[0])}") from None
+        except ValueError as exc:  # an integer of more than 4,300 digits
+            raise TraceError(name, number, f"malformed JSON: {' '.join(str(exc).split(';')[0].split())}") from None
+        except RecursionError:
+            raise TraceError(name, number, "malformed JSON: nested too deeply") from None
         if not isinstance(row, dict):
             raise TraceError(name, number, "expected a JSON object")
         missing = [k for k in MOONCAKE_KEYS if k not in row]
@@ -125,8 +139,20 @@ def read_mooncake(path: Path | str) -> TraceColumns:
 READERS = {"azure": read_azure, "mooncake": read_mooncake}
 
 
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return row
+
+
 def _read_text(path: Path | str) -> str:
-    name = str(path)
+    name = fmt_key(path)
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
@@ -136,7 +162,7 @@ def _read_text(path: Path | str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        line = len(re.findall(rb"\r\n|\r|\n", data[: exc.start])) + 1
         raise TraceError(name, line, "not UTF-8 text") from None
 
 
@@ -161,7 +187,10 @@ def _check_widths(name: str, rows: list[str], numbers: list[int]) -> None:
     """Every row must have as many fields as the header. Counting commas is exact without quotes; with
     quotes, fall back to the csv module (row by row, slower)."""
     if any('"' in row for row in rows):  # rare: Azure traces never quote
-        widths = np.fromiter((len(r) for r in csv.reader(rows)), dtype=np.int64)
+        try:
+            widths = np.fromiter((len(r) for r in csv.reader(rows)), dtype=np.int64)
+        except csv.Error as exc:
+            raise TraceError(name, None, f"not a readable CSV file ({exc})") from None
     else:
         widths = pd.Series(rows, dtype=object).str.count(",").to_numpy(dtype=np.int64) + 1
     if len(widths) != len(rows):
