@@ -32,7 +32,7 @@ class PrecisionConfig(Frozen):
 class DeploymentConfig(Frozen):
     tensor_parallel: int = Field(1, ge=1, description="Devices per replica sharing every layer")
     replicas: int = Field(1, ge=1, description="Identical copies of the model behind the router")
-    router: policies.ROUTERS.union() = Field(default_factory=lambda: policies.ROUTERS.impl("round_robin").Params(),
+    router: policies.ROUTERS.union() = Field(default_factory=lambda: policies.ROUTERS.default("round_robin"),
                                               description="How requests are spread over replicas")
 
 
@@ -61,11 +61,11 @@ class Scenario(Frozen):
     hardware: str = Field(description="Bundled profile name or path to a profile YAML")
     precision: PrecisionConfig = Field(default_factory=PrecisionConfig)
     deployment: DeploymentConfig = Field(default_factory=DeploymentConfig)
-    scheduler: policies.SCHEDULERS.union() = Field(default_factory=lambda: policies.SCHEDULERS.impl("continuous").Params())
+    scheduler: policies.SCHEDULERS.union() = Field(default_factory=lambda: policies.SCHEDULERS.default("continuous"))
     kv_cache: KVCacheConfig = Field(default_factory=KVCacheConfig)
     workload: WorkloadConfig
     slo: SLOConfig = Field(default_factory=SLOConfig)
-    cost_model: policies.COST_MODELS.union() = Field(default_factory=lambda: policies.COST_MODELS.impl("roofline").Params())
+    cost_model: policies.COST_MODELS.union() = Field(default_factory=lambda: policies.COST_MODELS.default("roofline"))
     pricing: str = Field("on_demand", description="Pricing model of the hardware profile")
     run: RunConfig = Field(default_factory=RunConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)

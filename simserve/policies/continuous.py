@@ -14,7 +14,7 @@ from .registry import SCHEDULERS
 
 
 class ContinuousParams(SchedulerParams):
-    policy: Literal["continuous"] = "continuous"
+    policy: Literal["continuous"]
     chunked_prefill: bool = Field(True, description="Split prompts to fit the token budget")
 
 

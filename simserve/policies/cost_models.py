@@ -12,16 +12,16 @@ from .registry import COST_MODELS
 
 
 class RooflineParams(Frozen):
-    kind: Literal["roofline"] = "roofline"
+    kind: Literal["roofline"]
 
 
 class ConstantParams(Frozen):
-    kind: Literal["constant"] = "constant"
+    kind: Literal["constant"]
     step_s: float = Field(gt=0, description="Duration of every iteration, seconds")
 
 
 class LinearParams(Frozen):
-    kind: Literal["linear"] = "linear"
+    kind: Literal["linear"]
     base_s: float = Field(ge=0, description="Fixed part of every iteration, seconds")
     per_token_s: float = Field(0.0, ge=0, description="Seconds per token in the iteration")
     per_seq_s: float = Field(0.0, ge=0, description="Seconds per sequence in the iteration")

@@ -8,7 +8,7 @@ from .registry import ROUTERS
 
 
 class LeastOutstandingParams(Frozen):
-    policy: Literal["least_outstanding"] = "least_outstanding"
+    policy: Literal["least_outstanding"]
 
 
 @ROUTERS.register(LeastOutstandingParams)

@@ -33,6 +33,10 @@ class Registry:
     def impl(self, name: str):
         return self._entries[name][1]
 
+    def default(self, name: str):
+        """The params of entry ``name`` with every default (what an omitted section means)."""
+        return self._entries[name][0](**{self.tag: name})
+
     def params_types(self) -> list[type]:
         return [self._entries[n][0] for n in self.names()]
 

@@ -8,7 +8,7 @@ from .registry import ROUTERS
 
 
 class RoundRobinParams(Frozen):
-    policy: Literal["round_robin"] = "round_robin"
+    policy: Literal["round_robin"]
 
 
 @ROUTERS.register(RoundRobinParams)
