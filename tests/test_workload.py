@@ -412,3 +412,18 @@ def test_doc_example_validates_and_builds(tmp_path, index):
     cfg = validate(Scenario, loads(_doc_examples()[index], "docs/workloads.md")).workload
     specs = run(cfg, base_dir=tmp_path)
     assert len(specs) >= 1
+
+
+def test_trace_repeat_plays_back_to_back_then_limit():
+    import numpy as np
+    from simserve.workload import build
+    from simserve.workload.config import TraceWorkload
+    one = build(TraceWorkload(kind="trace", path="azure-conv"), np.random.default_rng(0))
+    rep = build(TraceWorkload(kind="trace", path="azure-conv", repeat=3, limit=len(one) * 2 + 5), np.random.default_rng(0))
+    n = len(one)
+    assert len(rep) == 2 * n + 5
+    assert np.array_equal(rep.prompt_tokens[n:2 * n], one.prompt_tokens)
+    span = one.arrival_s[-1]
+    period = span + span / (n - 1)
+    assert np.allclose(rep.arrival_s[n:2 * n], one.arrival_s + period)
+    assert np.all(np.diff(rep.arrival_s) >= 0)

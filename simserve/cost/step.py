@@ -94,18 +94,22 @@ class RooflineStep:
         return out
 
     def attention_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
-        """Prefill and decode attention kernels of one layer (FlashAttention-style, fused)."""
+        """Prefill and decode attention kernels of one layer (FlashAttention-style, fused), named."""
+        names = (["attn_prefill"] if b.prefill_seqs else []) + (["attn_decode"] if b.decode_seqs else [])
+        return list(zip(names, self._attention(b)))
+
+    def _attention(self, b: BatchShape) -> list[ops.OpTime]:
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, bw, d, ab, kb = self.peak_flops_s, self.bw_bytes_s, m.head_size, p.act_bytes, p.kv_bytes
         out = []
         if b.prefill_seqs:
             fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, b.prefill_kv, ab, kb)
-            out.append(("attn_prefill", ops.attention_time(fl, by, b.prefill_seqs * self.heads, pk, bw, e.attention_prefill)))
+            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pk, bw, e.attention_prefill))
         if b.decode_seqs:
             fl = ops.decode_attention_flops(self.heads, d, b.decode_ctx)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, b.decode_ctx - b.decode_seqs, ab, kb)
-            out.append(("attn_decode", ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pk, bw, e.attention_decode)))
+            out.append(ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pk, bw, e.attention_decode))
         return out
 
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
@@ -165,7 +169,7 @@ class RooflineStep:
             return StepCost(0.0, ops.OVERHEAD, 0.0, 0.0)
         (compute, memory, network, overhead), flops, bytes_ = self._base(b.num_tokens, b.num_logits)
         L = self.model.num_layers
-        for _, op in self.attention_ops(b):
+        for op in self._attention(b):
             if op.bound == ops.COMPUTE:
                 compute += L * op.time_s
             elif op.bound == ops.MEMORY:

@@ -25,6 +25,9 @@ from .kv import BlockManager
 from .request import Request
 
 
+_NONE: list = []          # shared empty list for steps without active requests (never mutated)
+
+
 def _by_seq(req: Request) -> int:
     return req.seq
 
@@ -229,6 +232,13 @@ class Scheduler:
             acc.add(n, req.num_computed)
             budget -= n
         return budget, preempted
+
+    def decode_step(self) -> Step | None:
+        """An iteration of steady decoders only."""
+        n = self.num_steady
+        if not n:
+            return None
+        return Step(_NONE, _NONE, BatchShape(n, n, n, n, self.steady_ctx_plus_one()), n)
 
     def make_step(self, reqs: list, news: list, acc: BatchAccumulator, steady: bool = True) -> Step | None:
         num_steady = self.num_steady if steady else 0

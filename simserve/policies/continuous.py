@@ -23,6 +23,9 @@ class ContinuousBatching(Scheduler):
     """Iteration-level batching with optional chunked prefill and preemption by recompute."""
 
     def schedule(self) -> Step | None:
+        if not self.active and not self.waiting:       # the common case: only steady decoders
+            self.schedule_steady()
+            return self.decode_step()
         reqs: list = []
         news: list = []
         acc = BatchAccumulator()

@@ -146,6 +146,7 @@ class TraceWorkload(Frozen):
     time_scale: float = Field(default=1.0, gt=0, description="Inter-arrival times are multiplied by this; 0.5 is twice as fast")
     limit: int | None = Field(default=None, ge=1, description="Keep only the first N requests (after start_s)")
     start_s: float = Field(default=0.0, ge=0, description="Skip requests earlier than this, seconds after the trace's first request")
+    repeat: int = Field(default=1, ge=1, le=10_000, description="Play the trace (from start_s) this many times back to back, before limit")
 
 
 WorkloadConfig = Annotated[Union[SyntheticWorkload, TraceWorkload], Field(discriminator="kind")]

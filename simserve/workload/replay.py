@@ -51,26 +51,37 @@ def read(path: Path, fmt: str) -> TraceColumns:
 
 
 def build_trace(cfg: TraceWorkload, base_dir: Path | None = None, where: str = "workload") -> RequestSpecs:
-    """Replay a trace: drop requests before ``start_s``, keep ``limit``, shift to 0, scale gaps by ``time_scale``."""
+    """Replay a trace: drop requests before ``start_s``, play it ``repeat`` times, keep ``limit``, shift to
+    0, scale gaps by ``time_scale``. Repeated copies keep their prefix hashes (the same content again)."""
     path, fmt = locate(cfg.path, cfg.format, base_dir, where)
     trace = read(path, fmt)
     first = int(np.searchsorted(trace.time_s, cfg.start_s, side="left"))
     if first == len(trace):
         span = float(trace.time_s[-1])
         raise ScenarioError(f"{where}.start_s", f"no requests at or after {cfg.start_s} s; {_quote(cfg.path)} spans {span:.1f} s")
-    stop = len(trace) if cfg.limit is None else min(len(trace), first + cfg.limit)
-    keep = slice(first, stop)
-    time_s = trace.time_s[keep]
+    time_s = trace.time_s[first:]
+    prompt, output = trace.prompt_tokens[first:], trace.output_tokens[first:]
+    hashes = None if trace.hash_ids is None else trace.hash_ids[first:]
+    if cfg.repeat > 1:
+        # each copy starts one mean gap after the previous copy's last request
+        n = len(time_s)
+        span = float(time_s[-1] - time_s[0])
+        period = span + (span / (n - 1) if n > 1 and span > 0 else 1.0)
+        time_s = np.concatenate([time_s + i * period for i in range(cfg.repeat)])
+        prompt, output = np.tile(prompt, cfg.repeat), np.tile(output, cfg.repeat)
+        hashes = None if hashes is None else hashes * cfg.repeat
+    stop = len(time_s) if cfg.limit is None else min(len(time_s), cfg.limit)
+    time_s = time_s[:stop]
     with np.errstate(over="ignore"):
         arrival_s = (time_s - time_s[0]) * cfg.time_scale
     if not np.isfinite(arrival_s[-1]):
         raise ScenarioError(f"{where}.time_scale", f"{cfg.time_scale:g} times the trace's {time_s[-1] - time_s[0]:.1f} s "
                             "overflows; use a smaller time_scale")
-    hashes = None if trace.hash_ids is None else trace.hash_ids[keep]
+    hashes = None if hashes is None else hashes[:stop]
     return RequestSpecs(
         arrival_s=arrival_s,
-        prompt_tokens=trace.prompt_tokens[keep].copy(),
-        output_tokens=trace.output_tokens[keep].copy(),
+        prompt_tokens=prompt[:stop].copy(),
+        output_tokens=output[:stop].copy(),
         prefix_hashes=hashes,
     )
 
