@@ -25,9 +25,19 @@ class Result:
         return self.requests.to_csv(index=False, lineterminator="\n")
 
 
-def simulate(scenario: str | Path | dict | Resolved, overrides: list[str] | tuple[str, ...] = ()) -> Result:
-    """Run a scenario (a file path, a bundled scenario name, a mapping, or a resolved scenario)."""
+def simulate(scenario: str | Path | dict | Resolved, overrides: list[str] | tuple[str, ...] = (),
+             bands: bool = False) -> Result:
+    """Run a scenario (a file path, a bundled scenario name, a mapping, or a resolved scenario).
+
+    ``bands``: also run it with every step time scaled by ``1 - e`` and ``1 + e`` (``e`` the hardware's
+    step-time error, :mod:`simserve.fidelity`) and add a ``fidelity`` block with low/high per metric."""
     resolved = scenario if isinstance(scenario, Resolved) else load_scenario(scenario, overrides)
     rec = sim.run(resolved)
     df = requests_frame(rec)
-    return Result(summarize(resolved, rec, df), df, resolved)
+    summary = summarize(resolved, rec, df)
+    if bands:
+        from .fidelity import fidelity_block, step_time_error
+        e = step_time_error(resolved.hardware)
+        faster, slower = (summarize(resolved, sim.run(resolved, step_scale=k)) for k in (1 - e, 1 + e))
+        summary["fidelity"] = fidelity_block(summary, faster, slower, e, resolved.hardware.calibration.calibrated)
+    return Result(summary, df, resolved)

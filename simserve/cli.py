@@ -41,12 +41,14 @@ def main() -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder for summary.json and requests.csv [default: simserve_out/<scenario name>]")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table")
+@click.option("--bands", is_flag=True, help="Also run with step times scaled by the hardware's step-time error "
+              "and report low/high for every metric (a 'fidelity' block)")
 @_user_errors
-def run(scenario: str, overrides: tuple[str, ...], out: Path | None, as_json: bool) -> None:
+def run(scenario: str, overrides: tuple[str, ...], out: Path | None, as_json: bool, bands: bool) -> None:
     """Simulate SCENARIO (a YAML file or a bundled scenario name)."""
     from .api import simulate
 
-    result = simulate(scenario, overrides)
+    result = simulate(scenario, overrides, bands=bands)
     out = out or Path("simserve_out") / _safe(result.summary["scenario"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(result.summary_json())

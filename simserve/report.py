@@ -47,4 +47,15 @@ def render(summary: dict) -> str:
         f"${_num(s['cost_per_million_total_tokens_usd'])} per 1M total tokens",
         f"energy     {_num(s['energy_wh'])} Wh, {_num(s['output_tokens_per_joule'])} output tokens/J",
     ]
+    fid = s.get("fidelity")
+    if fid:
+        lo, hi = fid["low"], fid["high"]
+        band = lambda k, d=0: f"{_num(lo.get(k), d)}-{_num(hi.get(k), d)}"  # noqa: E731
+        lines += [
+            "",
+            f"bands      step times {fid['step_time_scales'][0]:.2f}x-{fid['step_time_scales'][1]:.2f}x "
+            f"({'calibrated' if fid['calibrated'] else 'not calibrated'} hardware): p99 TTFT {band('p99_ttft_ms')} ms, "
+            f"mean TPOT {band('mean_tpot_ms', 2)} ms, output {band('output_throughput')} tok/s, "
+            f"${band('cost_per_million_output_tokens_usd', 2)} per 1M output tokens",
+        ]
     return "\n".join(lines) + "\n"

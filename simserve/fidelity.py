@@ -1,0 +1,44 @@
+"""Error bands: how far a result can move if every step time is off by the step-time model's error.
+
+A step-time error is not a latency error: near saturation queueing amplifies it. So the scenario is
+re-run with every step time scaled by ``1 - e`` and ``1 + e``, where ``e`` is the held-out p90 error of
+the hardware's calibration, and every numeric summary metric gets a low and a high.
+"""
+from __future__ import annotations
+
+from .hardware import HardwareProfile
+
+UNCALIBRATED_DEFAULT = 0.25     # no measurement behind the profile at all
+UNCALIBRATED_FACTOR = 2.0       # carried over from a measured device: twice that device's error
+
+
+def step_time_error(hw: HardwareProfile) -> float:
+    """Relative step-time error ``e`` used for the bands of results on ``hw``."""
+    cal = hw.calibration
+    if cal.heldout_p90_abs_pct_err is None:
+        return UNCALIBRATED_DEFAULT
+    e = cal.heldout_p90_abs_pct_err / 100.0
+    return e if cal.calibrated else UNCALIBRATED_FACTOR * e
+
+
+def _numbers(summary: dict, prefix: str = "") -> dict[str, float]:
+    out = {}
+    for key, value in summary.items():
+        if isinstance(value, bool) or key in ("seed", "slo", "memory_per_device"):
+            continue
+        if isinstance(value, (int, float)):
+            out[prefix + key] = float(value)
+        elif isinstance(value, dict):
+            out.update(_numbers(value, f"{prefix}{key}."))
+    return out
+
+
+def fidelity_block(base: dict, faster: dict, slower: dict, error: float, calibrated: bool) -> dict:
+    """``low``/``high`` per numeric metric (dotted keys for nested ones) over the three runs."""
+    b, f, s = _numbers(base), _numbers(faster), _numbers(slower)
+    low, high = {}, {}
+    for key in b:
+        values = [v for v in (b[key], f.get(key), s.get(key)) if v is not None]
+        low[key], high[key] = min(values), max(values)
+    return {"step_time_error": error, "calibrated": calibrated, "step_time_scales": [1 - error, 1 + error],
+            "low": low, "high": high}

@@ -1,0 +1,45 @@
+"""Error bands: re-runs with step times scaled by (1 - e) and (1 + e)."""
+from __future__ import annotations
+
+import pytest
+
+import simserve
+from simserve.fidelity import UNCALIBRATED_DEFAULT, step_time_error
+from simserve.hardware import load_profile
+
+from conftest import TINY
+
+
+def _tiny(rows_rate=None, n=1, out=3):
+    wl = {"kind": "synthetic", "num_requests": n, "prompt_tokens": {"dist": "fixed", "value": 1},
+          "output_tokens": {"dist": "fixed", "value": out},
+          "arrival": {"process": "offline"} if rows_rate is None else {"process": "constant", "rate_per_s": rows_rate}}
+    return dict(TINY, workload=wl)
+
+
+def test_error_comes_from_the_profile():
+    hw = load_profile("h100-sxm-80gb")
+    e = step_time_error(hw)
+    if hw.calibration.calibrated:
+        assert e == pytest.approx(hw.calibration.heldout_p90_abs_pct_err / 100)
+    else:
+        assert e >= UNCALIBRATED_DEFAULT or e == pytest.approx(2 * hw.calibration.heldout_p90_abs_pct_err / 100)
+
+
+def test_bands_scale_a_lone_request_exactly():
+    r = simserve.simulate(_tiny(), bands=True)
+    fid = r.summary["fidelity"]
+    e = fid["step_time_error"]
+    assert r.summary["mean_e2el_ms"] == pytest.approx(30.0)
+    assert fid["low"]["mean_e2el_ms"] == pytest.approx(30.0 * (1 - e))
+    assert fid["high"]["mean_e2el_ms"] == pytest.approx(30.0 * (1 + e))
+    assert fid["low"]["cost_usd"] < r.summary["cost_usd"] < fid["high"]["cost_usd"]
+    assert fid["low"]["failures.availability"] == fid["high"]["failures.availability"] == 1.0
+
+
+def test_queueing_amplifies_the_band_near_saturation():
+    # one sequence at a time, 3 steps per request (30 ms): 30 requests/s saturates; offer 28/s
+    r = simserve.simulate(_tiny(rows_rate=28, n=300), ["scheduler.max_num_seqs=1"], bands=True)
+    fid, s = r.summary["fidelity"], r.summary
+    e = fid["step_time_error"]
+    assert fid["high"]["p99_ttft_ms"] / s["p99_ttft_ms"] - 1 > 2 * e
