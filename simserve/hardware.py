@@ -24,12 +24,12 @@ DTYPE_BYTES: dict[str, float] = {
 
 
 class Memory(Frozen):
-    capacity_gb: float = Field(gt=0, description="Device memory (HBM/GDDR) in 1e9 bytes")
+    capacity_gb: float = Field(gt=0, le=1e6, description="Device memory (HBM/GDDR) in 1e9 bytes")
     bandwidth_gb_s: float = Field(gt=0, description="Peak device memory bandwidth, 1e9 bytes/s")
 
 
 class Sram(Frozen):
-    capacity_mb: float = Field(gt=0, description="On-chip SRAM usable for weights/KV, 1e6 bytes")
+    capacity_mb: float = Field(gt=0, le=1e9, description="On-chip SRAM usable for weights/KV, 1e6 bytes")
     bandwidth_tb_s: float = Field(gt=0, description="On-chip SRAM bandwidth, 1e12 bytes/s")
 
 

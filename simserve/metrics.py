@@ -184,6 +184,8 @@ def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
         "peak_waiting_requests": max(st.peak_waiting for st in stats),
         "peak_running_requests": max(st.peak_running for st in stats),
         "preemptions": sum(r.scheduler.num_preemptions for r in rec.replicas),
+        "padding_tokens": sum(st.padding_tokens for st in stats),
+        "wasted_slot_steps": sum(st.wasted_slot_steps for st in stats),
     }
 
 

@@ -47,6 +47,10 @@ def render(summary: dict) -> str:
         f"${_num(s['cost_per_million_total_tokens_usd'])} per 1M total tokens",
         f"energy     {_num(s['energy_wh'])} Wh, {_num(s['output_tokens_per_joule'])} output tokens/J",
     ]
+    if s.get("padding_tokens") or s.get("wasted_slot_steps"):        # request-level batching only
+        at = next(i for i, line in enumerate(lines) if line.startswith("devices")) + 1
+        lines.insert(at, f"batching   {_num(s['padding_tokens'])} prompt padding tokens computed, "
+                         f"{_num(s['wasted_slot_steps'])} idle batch slot-iterations")
     fid = s.get("fidelity")
     if fid:
         lo, hi = fid["low"], fid["high"]

@@ -38,6 +38,9 @@ def resolve(kind: str, ref: str, suffixes: tuple[str, ...] = (".yaml", ".yml"), 
     bundled = [] if "/" in ref or "\\" in ref else [folder / f"{ref}{suffix}" for suffix in ("",) + suffixes]
     looks_like_path = bool(path.suffix) or len(bundled) == 0
     for candidate in (files + bundled) if looks_like_path else (bundled + files):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except OSError:          # e.g. a name longer than the file system allows: not a file we have
+            continue
     return None

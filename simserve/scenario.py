@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
@@ -18,15 +18,16 @@ from .engine.failures import FailuresConfig
 from .errors import ScenarioError
 from .hardware import HardwareProfile, load_profile
 from .model import ModelSpec, load_model
+from .quantization import ActivationDtype, KVDtype, WeightDtype, check_precision
 from .workload.config import WorkloadConfig
-
-ServingDtype = Literal["fp16", "bf16", "fp8"]
 
 
 class PrecisionConfig(Frozen):
-    weights: ServingDtype = Field("bf16", description="Storage dtype of the weights")
-    activations: ServingDtype = Field("bf16", description="Compute dtype of GEMMs and attention")
-    kv_cache: ServingDtype = Field("bf16", description="Storage dtype of the KV cache")
+    """Weight/activation quantization and KV precision; the pairs allowed are simserve.quantization.SCHEMES."""
+
+    weights: WeightDtype = Field("bf16", description="Storage dtype of the weights (int4: GPTQ/AWQ, fp4: NVFP4)")
+    activations: ActivationDtype = Field("bf16", description="Compute dtype of the GEMMs; the hardware must have it")
+    kv_cache: KVDtype = Field("bf16", description="Storage dtype of the KV cache")
 
 
 class DeploymentConfig(Frozen):
@@ -130,9 +131,7 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
     hw = load_profile(cfg.hardware, base=base_dir)
     model = load_model(cfg.model, base=base_dir)
     p = cfg.precision
-    if p.activations not in hw.peak_tflops:
-        raise ScenarioError("precision.activations", f"{hw.name} has no {p.activations} compute; it has: "
-                            + ", ".join(sorted(hw.peak_tflops)))
+    check_precision(p.weights, p.activations, hw)
     if cfg.pricing not in hw.pricing:
         raise ScenarioError("pricing", f"unknown pricing model '{cfg.pricing}' for {hw.name}; known: "
                             + ", ".join(sorted(hw.pricing)))

@@ -27,6 +27,10 @@ class ReferenceScheduler:
         schedules through ``self.kv.allocate_slots``."""
         raise NotImplementedError
 
+    def next_wake_s(self) -> float | None:
+        """Hook (the engine's contract): no batching timer, sleep until the next arrival."""
+        return None
+
     # --- shared bookkeeping ----------------------------------------------------------------------
     def add(self, req: Request) -> None:
         """A request routed to this replica joins the waiting queue."""

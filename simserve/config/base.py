@@ -204,7 +204,9 @@ def validate(model: type[BaseModel], data: Any, prefix: tuple = ()) -> Any:
 
 
 def _is_union_mismatch(err: dict, data: Any) -> bool:
-    return err["type"] in _TYPE_WORDS and _walk_loc(tuple(err["loc"]), data, err["type"])[1]
+    """A type error of one member of a union (``model: 5`` is neither a string nor a mapping)."""
+    loc = tuple(err["loc"])
+    return err["type"] in _TYPE_WORDS and loc[-1:] != ("[key]",) and _walk_loc(loc, data, err["type"])[1]
 
 
 def _error_order(err: dict, data: Any) -> tuple:

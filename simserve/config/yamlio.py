@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from ..errors import ScenarioError
-from .base import MAX_DEPTH, fmt_value, fmt_key
+from .base import MAX_DEPTH, fmt_key, fmt_value
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_ALIASES = 100
@@ -98,7 +98,7 @@ class _StrictLoader(yaml.SafeLoader):
             if not isinstance(key, Hashable) or isinstance(key, tuple):
                 raise ScenarioError(f"line {key_node.start_mark.line + 1}", "a mapping key must be a scalar")
             if key in seen:
-                raise ScenarioError(f"line {key_node.start_mark.line + 1}", f"duplicate key '{key}'")
+                raise ScenarioError(f"line {key_node.start_mark.line + 1}", f"duplicate key {fmt_value(key)}")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

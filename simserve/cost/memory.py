@@ -28,7 +28,23 @@ class MemoryPlan:
 
 
 def weight_bytes_per_device(model: ModelSpec, precision: Precision, tp: int) -> float:
+    """Every parameter at the weight dtype's bytes (scales included), split over ``tp`` devices."""
     return model.num_params * precision.weight_bytes / tp
+
+
+def kv_bytes_per_token(model: ModelSpec, precision: Precision, tp: int) -> float:
+    """K and V of one token in every layer, for this device's KV heads (GQA/MQA: ``num_kv_heads``, replicated
+    when tp > num_kv_heads), with the KV dtype's per-(token, head) scales."""
+    kv_heads = max(1.0, model.num_kv_heads / tp)
+    return 2 * model.num_layers * kv_heads * (model.head_size * precision.kv_bytes + precision.kv_scale_bytes)
+
+
+def kv_tokens_held(model: ModelSpec, num_tokens: int) -> int:
+    """Tokens of KV a sequence of ``num_tokens`` needs to keep: with a sliding window, only the last
+    ``sliding_window`` (vLLM's sliding-window KV manager keeps about that many, rounded to blocks). The
+    engine's block allocation does not apply this cap yet (docs/policies.md); the roofline caps the keys
+    attention reads."""
+    return num_tokens if model.sliding_window is None else min(num_tokens, model.sliding_window)
 
 
 def activation_bytes_per_device(model: ModelSpec, precision: Precision, tp: int,
@@ -50,13 +66,12 @@ def plan_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp:
     usable = capacity * gpu_memory_utilization
     weights = weight_bytes_per_device(model, precision, tp)
     acts = activation_bytes_per_device(model, precision, tp, max_num_batched_tokens, max_num_seqs)
-    kv_heads = max(1.0, model.num_kv_heads / tp)
-    per_token = 2 * model.num_layers * kv_heads * model.head_size * precision.kv_bytes
+    per_token = kv_bytes_per_token(model, precision, tp)
     if weights > usable:
         raise ScenarioError(
             "deployment.tensor_parallel",
             f"{model.name} needs {weights / 1e9:.1f} GB of weights per device at tensor_parallel={tp} "
-            f"({precision.weight_bytes:g} bytes/param), but {hw.name} has {capacity / 1e9:.1f} GB "
+            f"({precision.weight_bytes:.4g} bytes/param), but {hw.name} has {capacity / 1e9:.1f} GB "
             f"({usable / 1e9:.1f} GB usable at gpu_memory_utilization={gpu_memory_utilization:g}); "
             f"raise tensor_parallel or use a smaller weight precision")
     kv = usable - weights - acts

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..hardware import DTYPE_BYTES, HardwareProfile
+from .. import quantization as q
+from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from . import ops
 from .batch import BatchShape
@@ -28,14 +29,23 @@ class StepCost:
 
 @dataclass(frozen=True, slots=True)
 class Precision:
-    weight_bytes: float
-    act_bytes: float
-    kv_bytes: float
-    compute_dtype: str
+    """Bytes and compute dtypes of one scenario's ``precision`` (see :mod:`simserve.quantization`)."""
+
+    weight_bytes: float      # per parameter, amortised quantization scales included
+    act_bytes: float         # per activation element between kernels (16-bit in every scheme)
+    kv_bytes: float          # per cached K or V element, scales excluded
+    compute_dtype: str       # GEMMs: the peak_tflops column (the activations' dtype)
+    attention_dtype: str     # attention and element-wise kernels: a 16-bit peak_tflops column
+    kv_scale_bytes: float = 0.0   # scale + zero point per (token, KV head), for K and for V each
 
     @staticmethod
     def of(weights: str, activations: str, kv_cache: str) -> "Precision":
-        return Precision(DTYPE_BYTES[weights], DTYPE_BYTES[activations], DTYPE_BYTES[kv_cache], activations)
+        return Precision(q.WEIGHT_BYTES[weights], q.ACTIVATION_BYTES, q.KV_BYTES[kv_cache], activations,
+                         q.attention_dtype(activations), q.KV_SCALE_BYTES[kv_cache])
+
+    def kv_bytes_per_value(self, head_dim: int) -> float:
+        """Bytes per cached K or V element with its per-(token, head) scales spread over ``head_dim``."""
+        return self.kv_bytes + self.kv_scale_bytes / head_dim
 
 
 BOUNDS = (ops.COMPUTE, ops.MEMORY, ops.NETWORK, ops.OVERHEAD)
@@ -47,7 +57,8 @@ class RooflineStep:
 
     def __init__(self, model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int):
         self.model, self.hw, self.prec, self.tp = model, hw, precision, tp
-        self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)
+        self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)      # GEMMs
+        self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
         link = hw.interconnect.intra_node if tp <= hw.interconnect.devices_per_node else hw.interconnect.inter_node
         self.link_bw_bytes_s = link.bandwidth_gb_s * 1e9
@@ -58,6 +69,8 @@ class RooflineStep:
         self.qkv_n = (m.q_size + 2 * m.kv_size) / tp
         self.o_k = m.q_size / tp
         self.ffn_n = m.ffn_size / tp
+        self.kv_value_bytes = precision.kv_bytes_per_value(m.head_size)
+        self.window = m.sliding_window
         self.step_overhead_s = hw.efficiency.step_overhead_us * 1e-6
         self._cache: dict = {}
 
@@ -72,17 +85,17 @@ class RooflineStep:
     def linear_layer_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
         """A layer's kernels whose cost depends only on the token count (all but attention)."""
         m, p, e = self.model, self.prec, self.hw.efficiency
-        pk, bw, d = self.peak_flops_s, self.bw_bytes_s, m.head_size
+        pk, pa, bw, d = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, m.head_size
         wb, ab = p.weight_bytes, p.act_bytes
-        norm = ops.elementwise_time(T * m.hidden_size, 5.0, 2 * ab, pk, bw, e.elementwise)
+        norm = ops.elementwise_time(T * m.hidden_size, 5.0, 2 * ab, pa, bw, e.elementwise)
         out: list[tuple[str, ops.OpTime]] = [
             ("input_norm", norm),
             ("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)),
-            ("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pk, bw, e.elementwise)),
+            ("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pa, bw, e.elementwise)),
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
         allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce)
-        add = ops.elementwise_time(T * m.hidden_size, 1.0, 3 * ab, pk, bw, e.elementwise)
+        add = ops.elementwise_time(T * m.hidden_size, 1.0, 3 * ab, pa, bw, e.elementwise)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
         out.append(("attn_residual", add))
@@ -99,24 +112,33 @@ class RooflineStep:
         return list(zip(names, self._attention(b)))
 
     def _attention(self, b: BatchShape) -> list[ops.OpTime]:
-        m, p, e = self.model, self.prec, self.hw.efficiency
-        pk, bw, d, ab, kb = self.peak_flops_s, self.bw_bytes_s, m.head_size, p.act_bytes, p.kv_bytes
+        """With a sliding window W a query sees at most W keys and a chunk of q queries touches at most
+        q + W - 1 of them. Only per-batch sums reach here, so the caps apply to the sums: exact when every
+        sequence is on the same side of the window, an upper bound on the keys read otherwise."""
+        m, e = self.model, self.hw.efficiency
+        pa, bw, d, ab, kb = self.attn_flops_s, self.bw_bytes_s, m.head_size, self.prec.act_bytes, self.kv_value_bytes
+        W = self.window
         out = []
         if b.prefill_seqs:
             fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
-            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, b.prefill_kv, ab, kb)
-            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pk, bw, e.attention_prefill))
+            keys = b.prefill_kv
+            if W is not None:
+                fl = min(fl, ops.decode_attention_flops(self.heads, d, b.prefill_tokens * W))  # W keys per query
+                keys = min(keys, b.prefill_tokens + b.prefill_seqs * (W - 1))
+            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, keys, ab, kb)
+            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill))
         if b.decode_seqs:
-            fl = ops.decode_attention_flops(self.heads, d, b.decode_ctx)
-            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, b.decode_ctx - b.decode_seqs, ab, kb)
-            out.append(ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pk, bw, e.attention_decode))
+            keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
+            fl = ops.decode_attention_flops(self.heads, d, keys)
+            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
+            out.append(ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pa, bw, e.attention_decode))
         return out
 
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
         m, p, e = self.model, self.prec, self.hw.efficiency
-        pk, bw, wb, ab = self.peak_flops_s, self.bw_bytes_s, p.weight_bytes, p.act_bytes
+        pk, pa, bw, wb, ab = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, p.weight_bytes, p.act_bytes
         up_n = (m.ffn_matrices - 1) * self.ffn_n
-        act = ops.elementwise_time(T * self.ffn_n, 8.0, (m.ffn_matrices * ab), pk, bw, e.elementwise)
+        act = ops.elementwise_time(T * self.ffn_n, 8.0, (m.ffn_matrices * ab), pa, bw, e.elementwise)
         if m.num_experts == 1:
             return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
                     ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
@@ -129,15 +151,15 @@ class RooflineStep:
         bytes_ = touched * (up_n + self.ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + self.ffn_n) * ab
         router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
         experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
-        act = ops.elementwise_time(pairs * self.ffn_n, 8.0, m.ffn_matrices * ab, pk, bw, e.elementwise)
+        act = ops.elementwise_time(pairs * self.ffn_n, 8.0, m.ffn_matrices * ab, pa, bw, e.elementwise)
         return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
 
     def head_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
         """Embedding lookup, final norm and LM head (vocabulary sharded over tp)."""
         m, p, e = self.model, self.prec, self.hw.efficiency
-        pk, bw = self.peak_flops_s, self.bw_bytes_s
-        emb = ops.elementwise_time(b.num_tokens * m.hidden_size, 0.0, 2 * p.act_bytes, pk, bw, e.elementwise)
-        final = ops.elementwise_time(b.num_logits * m.hidden_size, 5.0, 2 * p.act_bytes, pk, bw, e.elementwise)
+        pk, pa, bw = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s
+        emb = ops.elementwise_time(b.num_tokens * m.hidden_size, 0.0, 2 * p.act_bytes, pa, bw, e.elementwise)
+        final = ops.elementwise_time(b.num_logits * m.hidden_size, 5.0, 2 * p.act_bytes, pa, bw, e.elementwise)
         head = ops.gemm_time(b.num_logits, m.vocab_size / self.tp, m.hidden_size, p.weight_bytes, p.act_bytes, pk, bw, e.gemm)
         return [("embedding", emb), ("final_norm", final), ("lm_head", head)]
 

@@ -1,11 +1,13 @@
 """A replica: one copy of the model on its devices, as a SimPy process.
 
 The loop is schedule -> ``yield env.timeout(step time)`` -> update: one event per iteration, never one
-per token. When there is nothing to run the process sleeps on an event that the next arrival triggers.
+per token. When there is nothing to run the process sleeps on an event that the next arrival triggers,
+or until the time the scheduler asks to be woken at (``Scheduler.next_wake_s``, a batching timer).
 A failure interrupts the process; it sleeps until repaired.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import simpy
@@ -20,7 +22,8 @@ class ReplicaStats:
     """What the replica did, accumulated per iteration (no per-token storage)."""
 
     __slots__ = ("iterations", "busy_s", "flops", "bytes", "tokens", "bound_s", "peak_kv_blocks",
-                 "peak_waiting", "peak_running", "sum_batch_seqs", "sum_kv_blocks", "down_s")
+                 "peak_waiting", "peak_running", "sum_batch_seqs", "sum_kv_blocks", "down_s",
+                 "padding_tokens", "wasted_slot_steps")
 
     def __init__(self) -> None:
         self.iterations = 0
@@ -35,6 +38,8 @@ class ReplicaStats:
         self.sum_batch_seqs = 0
         self.sum_kv_blocks = 0       # KV blocks in use, summed over iterations (mean KV utilization)
         self.down_s = 0.0
+        self.padding_tokens = 0      # prompt padding computed (Step.padding_tokens)
+        self.wasted_slot_steps = 0   # batch rows without an unfinished request, summed over iterations
 
 
 class Replica:
@@ -96,14 +101,20 @@ class Replica:
                     sched.waiting.remove(req)
                     sched.kv.free(req.id)
                     self.on_timeout(req)
+            sched.now = env.now
             step = sched.schedule()
             if step is None:
-                if sched.waiting:
+                wake_s = sched.next_wake_s()
+                if (wake_s is None and sched.waiting) or (wake_s is not None and wake_s <= env.now):
                     raise RuntimeError(f"replica {self.index}: scheduler made no progress with "
                                        f"{len(sched.waiting)} waiting and {len(sched.running)} running")
                 self._step_start = -1.0
                 self._wake = env.event()
-                yield self._wake
+                if wake_s is None:
+                    yield self._wake
+                else:
+                    yield self._wake | env.timeout(_delay_until(env.now, wake_s))
+                self._wake = None
                 continue
             cost: StepCost = self.step_cost(step.shape)
             if len(sched.waiting) > stats.peak_waiting:
@@ -123,6 +134,16 @@ class Replica:
             stats.bytes += cost.bytes
             stats.tokens += step.shape.num_tokens
             stats.sum_batch_seqs += step.shape.num_seqs
+            stats.padding_tokens += step.padding_tokens
+            stats.wasted_slot_steps += step.idle_slots
             stats.bound_s[cost.bound] = stats.bound_s.get(cost.bound, 0.0) + cost.time_s
             for req in sched.update(step, env.now, self.itl_out):
                 self.on_finish(req)
+
+
+def _delay_until(now: float, t: float) -> float:
+    """A delay that SimPy, adding it to ``now``, turns into a time no earlier than ``t`` (rounding)."""
+    delay = t - now
+    while now + delay < t:
+        delay = math.nextafter(delay, math.inf)
+    return delay

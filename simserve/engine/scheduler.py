@@ -43,12 +43,19 @@ class SchedulerParams(Frozen):
 @dataclass(slots=True)
 class Step:
     """One iteration: every steady decoder computes one token (``num_steady`` of them, a tick when > 0),
-    and ``requests[i]`` computes ``new_tokens[i]``. ``shape`` is what the cost model sees."""
+    and ``requests[i]`` computes ``new_tokens[i]``. ``shape`` is what the cost model sees.
+
+    Waste, for policies that run fixed-shape batches (both are 0 for continuous batching):
+    ``padding_tokens`` of ``shape.num_tokens`` are prompt padding, computed for no request; and
+    ``idle_slots`` rows of the batch hold no unfinished request in this iteration (included in ``shape``
+    when the policy still computes them)."""
 
     requests: list[Request]
     new_tokens: list[int]
     shape: BatchShape
     num_steady: int
+    padding_tokens: int = 0
+    idle_slots: int = 0
 
 
 class ItlRecorder:
@@ -84,13 +91,20 @@ class Scheduler:
         self._block_due: dict[int, list] = {}     # tick -> [(request, version)] needing a block then
         self._finish_due: dict[int, list] = {}    # tick -> [(request, version)] finishing in that tick
         self._admitted = 0
+        self.now = 0.0                            # simulated time, set by the replica before schedule()
 
     # --- hooks -----------------------------------------------------------------------------------
     def schedule(self) -> Step | None:
         """Hook: the next iteration, or None when there is nothing to run. Must make progress whenever
         requests are running (preempting when KV runs out) and allocate KV for every token it schedules
-        (``schedule_steady`` and ``schedule_active`` do both)."""
+        (``schedule_steady`` and ``schedule_active`` do both). ``self.now`` is the current time."""
         raise NotImplementedError
+
+    def next_wake_s(self) -> float | None:
+        """Hook: after ``schedule`` returned None, the time (> ``self.now``) at which to call it again even
+        if no request arrives, e.g. when a batching timer expires; None (the default) sleeps until the
+        next arrival. A scheduler that returns None with requests waiting must return a time here."""
+        return None
 
     # --- queue -----------------------------------------------------------------------------------
     def add(self, req: Request) -> None:

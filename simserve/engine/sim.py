@@ -115,7 +115,8 @@ class Cluster:
     # --- arrival processes -----------------------------------------------------------------------
     def _new(self, i: int) -> Request:
         s = self.specs
-        return Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]))
+        hashes = s.prefix_hashes[i] if s.prefix_hashes is not None else None
+        return Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes)
 
     def open_loop(self):
         env, arrivals = self.env, self.specs.arrival_s

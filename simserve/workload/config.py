@@ -12,6 +12,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from ..config.base import Frozen
 
 TraceFormat = Literal["azure", "mooncake"]
+MAX_REQUESTS = 50_000_000      # a run this size needs tens of GB; anything larger is a typo
+MAX_TOKENS = 10_000_000        # longer than any model context
 
 
 # --- arrival processes ---------------------------------------------------------------------------
@@ -20,22 +22,22 @@ class PoissonArrival(Frozen):
     """Exponential inter-arrival times (an open loop with no burstiness beyond chance)."""
 
     process: Literal["poisson"]
-    rate_per_s: float = Field(gt=0, description="Mean arrival rate, requests per second")
+    rate_per_s: float = Field(ge=1e-6, le=1e7, description="Mean arrival rate, requests per second")
 
 
 class GammaArrival(Frozen):
     """Gamma inter-arrival times: same mean as Poisson at the same rate, tunable burstiness."""
 
     process: Literal["gamma"]
-    rate_per_s: float = Field(gt=0, description="Mean arrival rate, requests per second")
-    cv: float = Field(gt=0, description="Coefficient of variation of inter-arrival times; 1 is Poisson, >1 burstier")
+    rate_per_s: float = Field(ge=1e-6, le=1e7, description="Mean arrival rate, requests per second")
+    cv: float = Field(ge=0.01, le=100, description="Coefficient of variation of inter-arrival times; 1 is Poisson, >1 burstier")
 
 
 class ConstantArrival(Frozen):
     """Evenly spaced arrivals: request i arrives at i / rate_per_s."""
 
     process: Literal["constant"]
-    rate_per_s: float = Field(gt=0, description="Arrival rate, requests per second")
+    rate_per_s: float = Field(ge=1e-6, le=1e7, description="Arrival rate, requests per second")
 
 
 class ClosedLoopArrival(Frozen):
@@ -86,10 +88,10 @@ class UniformDist(Frozen):
 
 class NormalDist(Frozen):
     dist: Literal["normal"]
-    mean: float = Field(description="Mean of the normal before rounding and clipping, tokens")
-    std: float = Field(ge=0, description="Standard deviation before rounding and clipping, tokens")
+    mean: float = Field(ge=-1e7, le=1e7, description="Mean of the normal before rounding and clipping, tokens")
+    std: float = Field(ge=0, le=1e7, description="Standard deviation before rounding and clipping, tokens")
     min: int = Field(default=1, ge=1, description="Samples below are clipped up to this")
-    max: int = Field(ge=1, description="Samples above are clipped down to this; >= min")
+    max: int = Field(ge=1, le=MAX_TOKENS, description="Samples above are clipped down to this; >= min")
 
     @field_validator("max")
     @classmethod
@@ -99,10 +101,10 @@ class NormalDist(Frozen):
 
 class LognormalDist(Frozen):
     dist: Literal["lognormal"]
-    median: float = Field(gt=0, description="Median length before rounding and clipping, tokens")
+    median: float = Field(gt=0, le=MAX_TOKENS, description="Median length before rounding and clipping, tokens")
     sigma: float = Field(ge=0, description="Standard deviation of the log of the length")
     min: int = Field(default=1, ge=1, description="Samples below are clipped up to this")
-    max: int = Field(ge=1, description="Samples above are clipped down to this; >= min")
+    max: int = Field(ge=1, le=MAX_TOKENS, description="Samples above are clipped down to this; >= min")
 
     @field_validator("max")
     @classmethod
@@ -131,7 +133,7 @@ class SyntheticWorkload(Frozen):
     """Requests generated from an arrival process and two independent length distributions."""
 
     kind: Literal["synthetic"]
-    num_requests: int = Field(ge=1, description="Requests in the run (for closed_loop: requests sent in total)")
+    num_requests: int = Field(ge=1, le=MAX_REQUESTS, description="Requests in the run (for closed_loop: requests sent in total)")
     arrival: Arrival
     prompt_tokens: LengthDist
     output_tokens: LengthDist

@@ -62,14 +62,15 @@ def build_trace(cfg: TraceWorkload, base_dir: Path | None = None, where: str = "
     time_s = trace.time_s[first:]
     prompt, output = trace.prompt_tokens[first:], trace.output_tokens[first:]
     hashes = None if trace.hash_ids is None else trace.hash_ids[first:]
-    if cfg.repeat > 1:
+    n = len(time_s)
+    copies = cfg.repeat if cfg.limit is None else min(cfg.repeat, -(-cfg.limit // n))  # no more than limit needs
+    if copies > 1:
         # each copy starts one mean gap after the previous copy's last request
-        n = len(time_s)
         span = float(time_s[-1] - time_s[0])
         period = span + (span / (n - 1) if n > 1 and span > 0 else 1.0)
-        time_s = np.concatenate([time_s + i * period for i in range(cfg.repeat)])
-        prompt, output = np.tile(prompt, cfg.repeat), np.tile(output, cfg.repeat)
-        hashes = None if hashes is None else hashes * cfg.repeat
+        time_s = np.concatenate([time_s + i * period for i in range(copies)])
+        prompt, output = np.tile(prompt, copies), np.tile(output, copies)
+        hashes = None if hashes is None else hashes * copies
     stop = len(time_s) if cfg.limit is None else min(len(time_s), cfg.limit)
     time_s = time_s[:stop]
     with np.errstate(over="ignore"):
