@@ -298,8 +298,8 @@ BASE = {"kind": "synthetic", "num_requests": 10, "arrival": {"process": "poisson
 
 
 @pytest.mark.parametrize("change, path, words", [
-    ({"arrival": {"process": "poisson", "rate_per_s": 0}}, "arrival.rate_per_s", "> 0"),
-    ({"arrival": {"process": "gamma", "rate_per_s": 1, "cv": -1}}, "arrival.cv", "> 0"),
+    ({"arrival": {"process": "poisson", "rate_per_s": 0}}, "arrival.rate_per_s", ">= 1e-06"),
+    ({"arrival": {"process": "gamma", "rate_per_s": 1, "cv": -1}}, "arrival.cv", ">= 0.01"),
     ({"arrival": {"process": "gamma", "rate_per_s": 1}}, "arrival.cv", "missing"),
     ({"arrival": {"process": "closed_loop", "users": 0, "think_time_s": 1}}, "arrival.users", ">= 1"),
     ({"arrival": {"process": "closed_loop", "users": 2, "think_time_s": -1}}, "arrival.think_time_s", ">= 0"),
