@@ -184,9 +184,18 @@ def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
         "peak_waiting_requests": max(st.peak_waiting for st in stats),
         "peak_running_requests": max(st.peak_running for st in stats),
         "preemptions": sum(r.scheduler.num_preemptions for r in rec.replicas),
+        "prefix_cache": _prefix_cache(rec),
         "padding_tokens": sum(st.padding_tokens for st in stats),
         "wasted_slot_steps": sum(st.wasted_slot_steps for st in stats),
     }
+
+
+def _prefix_cache(rec: RunRecord) -> dict:
+    """Prompt tokens found in the prefix cache when requests were admitted (0 when caching is off)."""
+    hits = sum(getattr(r.scheduler, "prefix_hit_tokens", 0) for r in rec.replicas)
+    admitted = sum(getattr(r.scheduler, "admitted_prompt_tokens", 0) for r in rec.replicas)
+    return {"hit_tokens": hits, "admitted_tokens": admitted,
+            "hit_rate": _f(hits / admitted) if admitted else None}
 
 
 UNSTABLE_GROWTH = 0.05

@@ -40,6 +40,7 @@ class DeploymentConfig(Frozen):
 class KVCacheConfig(Frozen):
     block_size: int = Field(16, ge=1, description="Tokens per KV block (paged attention)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of device memory the engine may use")
+    enable_prefix_caching: bool = Field(False, description="Reuse the KV of equal prompt prefixes (blocks found by content hash, LRU eviction)")
 
 
 class SLOConfig(Frozen):
@@ -156,6 +157,8 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
         raise ScenarioError("scheduler.max_num_batched_tokens",
                             f"must be >= max_model_len ({max_len}) when chunked_prefill is false, got "
                             f"{sched.max_num_batched_tokens}; set scheduler.max_model_len or enable chunked prefill")
+    if cfg.kv_cache.enable_prefix_caching and sched.policy != "continuous":
+        raise ScenarioError("kv_cache.enable_prefix_caching", f"is supported by the continuous scheduler only, not '{sched.policy}'")
     precision = Precision.of(p.weights, p.activations, p.kv_cache)
     plan = plan_memory(model, hw, precision, tp, cfg.kv_cache.gpu_memory_utilization,
                        sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size)

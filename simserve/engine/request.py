@@ -14,7 +14,7 @@ class Request:
     __slots__ = ("id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed", "num_generated",
                  "first_token_s", "last_token_s", "finish_s", "outcome", "reason", "num_preemptions",
                  "num_requeues", "replica", "on_done", "seq", "steady", "k0", "c0", "g0", "version",
-                 "prefix_hashes")
+                 "prefix_hashes", "block_hashes")
 
     def __init__(self, id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
                  prefix_hashes: tuple[int, ...] | None = None):
@@ -34,6 +34,7 @@ class Request:
         self.replica = -1
         self.on_done = None          # optional callback(request), e.g. a closed-loop user
         self.prefix_hashes = prefix_hashes   # ids of the prompt's prefix blocks (RequestSpecs.prefix_hashes), or None
+        self.block_hashes: list[int] | None = None   # content hashes of full KV blocks (prefix caching on)
         # scheduler bookkeeping: admission order, and the frozen state of a steady decoder
         self.seq = 0
         self.steady = False

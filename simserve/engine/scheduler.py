@@ -91,6 +91,8 @@ class Scheduler:
         self._block_due: dict[int, list] = {}     # tick -> [(request, version)] needing a block then
         self._finish_due: dict[int, list] = {}    # tick -> [(request, version)] finishing in that tick
         self._admitted = 0
+        self.prefix_hit_tokens = 0                # prompt tokens reused from the prefix cache at admission
+        self.admitted_prompt_tokens = 0           # tokens (prompt + generated) of every admission
         self.now = 0.0                            # simulated time, set by the replica before schedule()
 
     # --- hooks -----------------------------------------------------------------------------------
@@ -115,9 +117,29 @@ class Scheduler:
     def num_outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def attach_cached_prefix(self, req: Request) -> int:
+        """Prefix caching: a request about to be admitted with nothing computed shares every cached
+        leading block of its prompt; those tokens count as computed. At least one token is always left
+        to compute (the model must run to sample). Returns the tokens reused."""
+        if req.block_hashes is None or req.num_computed:
+            return 0
+        usable = (req.num_tokens - 1) // self.kv.block_size
+        cached = self.kv.attach_prefix(req.id, req.block_hashes[:usable])
+        req.num_computed = cached
+        return cached
+
+    def detach_cached_prefix(self, req: Request, cached: int) -> None:
+        """Undo :meth:`attach_cached_prefix` when the request is not admitted after all."""
+        if req.block_hashes is not None:
+            self.kv.free(req.id)
+            self.kv.hits_tokens -= cached
+            req.num_computed = 0
+
     def admit(self, req: Request) -> None:
         """Move the head of the waiting queue into the running set (the caller allocated its KV)."""
         self.waiting.popleft()
+        self.prefix_hit_tokens += req.num_computed if req.block_hashes is not None else 0
+        self.admitted_prompt_tokens += req.num_tokens
         self._admitted += 1
         req.seq = self._admitted
         self.running[req.id] = req
@@ -286,6 +308,8 @@ class Scheduler:
                     finished.append(req)
         for req, n in zip(step.requests, step.new_tokens):
             req.num_computed += n
+            if req.block_hashes:
+                self.kv.register_prefix(req.id, req.block_hashes, req.num_computed)
             if req.num_computed < req.num_tokens:
                 continue                      # a prefill chunk that has not reached the end
             req.num_generated += 1

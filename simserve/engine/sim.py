@@ -11,6 +11,7 @@ from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
 from .kv import BlockManager
+from .prefix import shared_block_hashes, trace_block_hashes
 from .scheduler import ItlRecorder
 from .replica import Replica
 from .request import COMPLETED, REJECTED, UNFINISHED, Request
@@ -57,6 +58,7 @@ class Cluster:
         self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
         self.kv_capacity_tokens = plan.num_blocks * plan.block_size
         self.max_queue = cfg.admission.max_queue
+        self.prefix_caching = cfg.kv_cache.enable_prefix_caching
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.outstanding: list[tuple[float, int]] = []
         self.stats = {"failure_events": 0, "spot_reclaims": 0, "requeued_requests": 0, "failure_rejected": 0}
@@ -116,7 +118,14 @@ class Cluster:
     def _new(self, i: int) -> Request:
         s = self.specs
         hashes = s.prefix_hashes[i] if s.prefix_hashes is not None else None
-        return Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes)
+        req = Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes)
+        if self.prefix_caching:
+            bs = self.resolved.memory.block_size
+            if hashes is not None:
+                req.block_hashes = trace_block_hashes(hashes, s.prefix_block_tokens, req.prompt_tokens, bs)
+            else:
+                req.block_hashes = shared_block_hashes(s.shared_prefix_tokens, req.prompt_tokens, bs)
+        return req
 
     def open_loop(self):
         env, arrivals = self.env, self.specs.arrival_s

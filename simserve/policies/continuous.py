@@ -45,12 +45,12 @@ class ContinuousBatching(Scheduler):
         ``whole``: a prompt must fit the remaining budget in one piece."""
         while self.waiting and budget > 0 and len(self.running) < self.params.max_num_seqs:
             req = self.waiting[0]
+            cached = self.attach_cached_prefix(req)
             n = req.num_tokens - req.num_computed
-            if whole and n > budget:
+            if (whole and n > budget) or self.kv.allocate_slots(req.id, req.num_computed + min(n, budget)) is None:
+                self.detach_cached_prefix(req, cached)
                 break
             n = min(n, budget)
-            if self.kv.allocate_slots(req.id, req.num_computed + n) is None:
-                break
             self.admit(req)
             reqs.append(req)
             news.append(n)

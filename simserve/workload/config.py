@@ -137,6 +137,7 @@ class SyntheticWorkload(Frozen):
     arrival: Arrival
     prompt_tokens: LengthDist
     output_tokens: LengthDist
+    shared_prefix_tokens: int = Field(default=0, ge=0, le=MAX_TOKENS, description="Every prompt starts with the same this many tokens (a system prompt), for prefix caching")
 
 
 class TraceWorkload(Frozen):

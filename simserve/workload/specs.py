@@ -32,6 +32,8 @@ class RequestSpecs:
     (taking the next row in order), waiting ``think_time_s`` after each response; ``arrival_s`` is ignored."""
     think_time_s: float = 0.0
     """Closed loop only: pause between a user's response and its next request, seconds."""
+    shared_prefix_tokens: int = 0
+    """Every prompt starts with the same this many tokens (a shared system prompt)."""
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)

@@ -31,6 +31,7 @@ def build_synthetic(cfg: SyntheticWorkload, rng: np.random.Generator, base_dir: 
         output_tokens=output,
         closed_loop_users=closed.users if closed else None,
         think_time_s=closed.think_time_s if closed else 0.0,
+        shared_prefix_tokens=cfg.shared_prefix_tokens,
     )
 
 
