@@ -100,6 +100,46 @@ def schema(output: Path | None) -> None:
 
 
 @main.command()
+@click.option("--hardware", "names", multiple=True, metavar="NAME",
+              help="Fit only this measured profile (repeatable) [default: every measured one]")
+@click.option("--report", "report_path", is_flag=False, flag_value="docs/calibration.md", default=None,
+              metavar="[PATH]", help="Write the report (default docs/calibration.md)")
+@click.option("--json", "as_json", is_flag=True, help="Print the held-out errors as JSON")
+@click.option("--write-profiles", "profiles_dir", is_flag=False, flag_value="hardware_profiles", default=None,
+              metavar="[DIR]", help="Write the fitted efficiency blocks into the profiles (default hardware_profiles/)")
+@_user_errors
+def calibrate(names: tuple[str, ...], report_path: str | None, as_json: bool, profiles_dir: str | None) -> None:
+    """Fit the step-time core to measured kernel timings and report its held-out error."""
+    from .calibration import render_report_md, run_calibration, write_carryover_profiles, write_profiles
+    from .errors import ScenarioError
+
+    measured = ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb")
+    unknown = [n for n in names if n not in measured]
+    if unknown:
+        raise ScenarioError("--hardware", f"no measurements for {unknown[0]!r}; measured: {', '.join(measured)}")
+    result = run_calibration(list(names) or None)
+    if report_path:
+        Path(report_path).write_text(render_report_md(result))
+    if profiles_dir:
+        written = write_profiles(result, Path(profiles_dir))
+        if not names:
+            written += write_carryover_profiles(result, Path(profiles_dir))
+        click.echo(f"wrote {len(written)} profiles in {profiles_dir}", err=True)
+    if as_json:
+        keys = ("heldout_median_abs_pct_err", "heldout_p90_abs_pct_err", "iteration", "iteration_in_stack")
+        click.echo(json.dumps({k: result.report[k] for k in keys if k in result.report}, indent=2, sort_keys=True))
+    elif not report_path:
+        rep = result.report
+        click.echo(f"{'hardware':<16}{'operator class':<20}{'median %':>10}{'p90 %':>10}")
+        for hw, classes in sorted(rep["heldout_median_abs_pct_err"].items()):
+            for op, med in sorted(classes.items()):
+                p90 = rep["heldout_p90_abs_pct_err"][hw][op]
+                click.echo(f"{hw:<16}{op:<20}{med:>10.1f}{p90:>10.1f}")
+    if report_path:
+        click.echo(f"wrote {report_path}", err=True)
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON")
 def policies(as_json: bool) -> None:
     """List every registered policy by kind."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class BatchShape:
     num_seqs: int = 0            # sequences in the step
     num_tokens: int = 0          # sum of q: tokens run through the linear layers

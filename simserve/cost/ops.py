@@ -19,7 +19,7 @@ from ..hardware import OpEfficiency
 COMPUTE, MEMORY, NETWORK, OVERHEAD = "compute", "memory", "network", "overhead"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class OpTime:
     """Time of one kernel split by what set it. ``time_s = overhead_s + max(compute_s, memory_s) + network_s``."""
 

@@ -17,7 +17,7 @@ from . import ops
 from .batch import BatchShape
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class StepCost:
     """One iteration: its time, what bound it, and the work done (for MFU/MBU)."""
 

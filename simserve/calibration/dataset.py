@@ -1,0 +1,305 @@
+"""Measured kernel timings as fit points: FLOPs, bytes and work units from the same formulas the cost model uses.
+
+Every point is one measured kernel: its operator class, where it was measured (``source``), its *shape key*
+(points with equal keys are the same problem and always fall in the same cross-validation fold), the
+roofline inputs (FLOPs and bytes from :mod:`simserve.cost.ops`, the peak rates from the hardware profile),
+the attention work units, the collective's hop latency, and the measured latency in seconds. ``ref`` ties
+Vidur points back to a (model, tp, tokens, op) row so whole iterations can be reassembled.
+
+The arguments passed to the :mod:`~simserve.cost.ops` formulas mirror ``simserve.cost.step.RooflineStep``
+(per-element FLOPs and bytes of the streaming ops, the attention sums); ``tests/test_calibration.py``
+checks that the two agree.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..cost import ops
+from ..hardware import HardwareProfile
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv")
+MEASURED_HARDWARE = ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb")
+
+ACT_BYTES = 2.0     # every measurement here is bf16/fp16 activations, weights and KV cache
+
+# The fitted domain (see docs/calibration.md). Points outside it are still predicted and reported.
+MIN_GEMM_DIM = 256        # n and k of dense transformer layers at TP <= 8; smaller ones are MoE routers
+HEAD_DIM = 128            # the head size of nearly every catalog model; FlashAttention tiles differ per size
+MIN_PREFILL_LEN = 16      # a 1-token "prompt" is a decode-shaped kernel, not a prefill
+AIC_ALLREDUCE = ("vllm_graph",)  # vLLM's all-reduce under CUDA graphs (custom kernel, NCCL for large messages)
+
+# Vidur per-layer operators: (op class, simserve.cost.step name). The embedding lookup is a gather run once
+# per step, not a per-layer streaming kernel, so it is neither fitted nor part of the layer sum.
+VIDUR_LAYER_OPS = {
+    "input_layernorm": "elementwise", "attn_pre_proj": "gemm", "attn_rope": "elementwise",
+    "attn_post_proj": "gemm", "post_attention_layernorm": "elementwise", "mlp_up_proj": "gemm",
+    "mlp_act": "elementwise", "mlp_down_proj": "gemm", "add": "elementwise",
+}
+
+
+@dataclass(frozen=True)
+class Points:
+    """Fit points of one hardware and operator class; all arrays have one entry per measured kernel."""
+
+    hardware: str
+    op_class: str
+    source: np.ndarray
+    key: np.ndarray
+    ref: np.ndarray
+    flops: np.ndarray
+    bytes: np.ndarray
+    peak_flops_s: np.ndarray
+    bandwidth_bytes_s: np.ndarray
+    units: np.ndarray       # attention work units (sequence x head); 0 elsewhere
+    hop_s: np.ndarray       # collectives: link latency times the algorithm's hop count; 0 elsewhere
+    latency_s: np.ndarray
+    outside: np.ndarray     # "" inside the fitted domain, else why not (such points are only predicted)
+
+    def __len__(self) -> int:
+        return len(self.latency_s)
+
+    def take(self, mask: np.ndarray) -> "Points":
+        return Points(self.hardware, self.op_class, *(getattr(self, f)[mask] for f in _ARRAYS))
+
+    def with_latency(self, latency_s: np.ndarray) -> "Points":
+        arrays = {f: getattr(self, f) for f in _ARRAYS}
+        arrays["latency_s"] = np.asarray(latency_s, dtype=float)
+        return Points(self.hardware, self.op_class, **arrays)
+
+
+_ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
+           "outside")
+_TEXT = ("source", "key", "ref", "outside")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """The repo copy of the measurements (see ``data/README.md``) and its SHA-256."""
+
+    tables: dict[str, pd.DataFrame]
+    sha256: str
+
+
+def load_dataset(data_dir: Path = DATA_DIR) -> Dataset:
+    files = sorted(data_dir.glob("*.csv.gz"))
+    if not files:
+        raise FileNotFoundError(f"no calibration data in {data_dir}")
+    digest = hashlib.sha256()
+    tables = {}
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        tables[path.name.removesuffix(".csv.gz")] = pd.read_csv(path)
+    return Dataset(tables, digest.hexdigest())
+
+
+def _keys(*columns) -> np.ndarray:
+    """Shape keys: the integer columns joined with 'x' (``m x n x k``, ``seqs x q x c x heads x kv x hd``)."""
+    cols = [np.asarray(c, dtype=float).astype(np.int64).astype(str) for c in columns]
+    out = cols[0]
+    for c in cols[1:]:
+        out = np.char.add(np.char.add(out, "x"), c)
+    return out
+
+
+def _frame(d: dict) -> pd.DataFrame:
+    n = len(d["latency_s"])
+    base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": ""}
+    cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
+    return pd.DataFrame(cols)
+
+
+def _points(hw: str, op_class: str, frames: list[pd.DataFrame]) -> Points:
+    frames = [f for f in frames if len(f)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({f: [] for f in _ARRAYS})
+    arrays = {f: df[f].to_numpy(dtype=object if f in _TEXT else float) for f in _ARRAYS}
+    for f in _TEXT:
+        arrays[f] = arrays[f].astype(str)
+    return Points(hw, op_class, **arrays)
+
+
+# --- GEMM -----------------------------------------------------------------------------------------
+
+def _gemm_frame(hw: HardwareProfile, source: str, m, n, k, latency_s, ref="") -> pd.DataFrame:
+    m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
+    outside = np.where((n < MIN_GEMM_DIM) | (k < MIN_GEMM_DIM), f"n or k < {MIN_GEMM_DIM}", "")
+    return _frame({
+        "source": source, "key": _keys(m, n, k), "ref": ref, "outside": outside,
+        "flops": ops.gemm_flops(m, n, k), "bytes": ops.gemm_bytes(m, n, k, ACT_BYTES, ACT_BYTES),
+        "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
+        "latency_s": np.asarray(latency_s, dtype=float)})
+
+
+def vidur_layer_rows(ds: Dataset, hw: str) -> pd.DataFrame:
+    """Vidur per-layer operator timings joined with each model's shape, with the op's (m, n, k) or elements."""
+    ops_t = ds.tables["vidur_layer_ops"]
+    rows = ops_t[(ops_t.hardware == hw) & ops_t.op.isin(list(VIDUR_LAYER_OPS))]
+    rows = rows.merge(ds.tables["vidur_models"], on="model", how="left")
+    tp = rows.tp.to_numpy(float)
+    hd = rows.n_embd.to_numpy(float) / rows.n_head.to_numpy(float)
+    heads, kv_heads = rows.n_head / tp, np.maximum(1.0, rows.n_kv_head / tp)
+    ffn = rows.n_expanded_embd / tp
+    T, H = rows.num_tokens.to_numpy(float), rows.n_embd.to_numpy(float)
+    gated = rows.use_gated_mlp.to_numpy(bool)
+    op = rows.op.to_numpy()
+    n, k, width, fpe, bpe = (np.full(len(rows), np.nan) for _ in range(5))
+    # GEMM (n, k) of sarathi's column/row-parallel linears (vidur/profiling/mlp/mlp_impl.py)
+    gemms = {"attn_pre_proj": ((rows.n_head + 2 * rows.n_kv_head) * hd / tp, H),
+             "attn_post_proj": (H, rows.n_head * hd / tp),
+             "mlp_up_proj": (np.where(gated, 2.0, 1.0) * ffn, H),
+             "mlp_down_proj": (H, ffn)}
+    # streaming ops: (elements per token, FLOPs per element, bytes per element) as in RooflineStep
+    streaming = {"input_layernorm": (H, 5.0, 2 * ACT_BYTES), "post_attention_layernorm": (H, 5.0, 2 * ACT_BYTES),
+                 "attn_rope": ((heads + kv_heads) * hd, 6.0, 2 * ACT_BYTES),
+                 "mlp_act": (ffn, 8.0, np.where(gated, 3.0, 2.0) * ACT_BYTES), "add": (H, 1.0, 3 * ACT_BYTES)}
+    for name, cols in gemms.items():
+        mask = op == name
+        for target, value in zip((n, k), cols):
+            target[mask] = np.broadcast_to(np.asarray(value, dtype=float), mask.shape)[mask]
+    for name, cols in streaming.items():
+        mask = op == name
+        for target, value in zip((width, fpe, bpe), cols):
+            target[mask] = np.broadcast_to(np.asarray(value, dtype=float), mask.shape)[mask]
+    elems = T * width
+    out = rows.assign(m=T, n=n, k=k, elements=elems, flops_per_element=fpe, bytes_per_element=bpe, width=width)
+    out["ref"] = out.model + "|" + out.tp.astype(str) + "|" + out.num_tokens.astype(str) + "|" + out.op
+    return out.reset_index(drop=True)
+
+
+def gemm_points(ds: Dataset, hw: HardwareProfile) -> Points:
+    frames = []
+    a = ds.tables["aic_gemm"]
+    a = a[(a.hardware == hw.name) & (a.dtype == "bf16")]
+    frames.append(_gemm_frame(hw, "aiconfigurator", a.m, a.n, a.k, a.latency_s))
+    v = vidur_layer_rows(ds, hw.name)
+    v = v[v.op.map(VIDUR_LAYER_OPS) == "gemm"]
+    frames.append(_gemm_frame(hw, "vidur", v.m, v.n, v.k, v.latency_s, v.ref.to_numpy()))
+    return _points(hw.name, "gemm", frames)
+
+
+# --- streaming (elementwise) ops -------------------------------------------------------------------
+
+def elementwise_points(ds: Dataset, hw: HardwareProfile) -> Points:
+    v = vidur_layer_rows(ds, hw.name)
+    v = v[v.op.map(VIDUR_LAYER_OPS) == "elementwise"]
+    key = v.op + ":" + v.num_tokens.astype(str) + "x" + v.width.round(3).astype(str)
+    frame = _frame({
+        "source": "vidur", "key": key.to_numpy(), "ref": v.ref.to_numpy(),
+        "flops": v.elements.to_numpy() * v.flops_per_element.to_numpy(),
+        "bytes": v.elements.to_numpy() * v.bytes_per_element.to_numpy(),
+        "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
+        "latency_s": v.latency_s.to_numpy()})
+    return _points(hw.name, "elementwise", [frame])
+
+
+# --- attention ------------------------------------------------------------------------------------
+
+def _attention_frame(hw: HardwareProfile, op_class: str, source: str, seqs, q, c, heads, kv_heads, head_dim,
+                     latency_s, ref="") -> pd.DataFrame:
+    """``seqs`` sequences, each with ``q`` new tokens on ``c`` cached ones (uniform batch)."""
+    seqs, q, c, heads, kv_heads, head_dim = (np.asarray(x, dtype=float) for x in (seqs, q, c, heads, kv_heads, head_dim))
+    tokens = seqs * q
+    if op_class == "attention_prefill":
+        flops = ops.prefill_attention_flops(heads, head_dim, seqs * q * c, seqs * q * q, tokens)
+        bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, tokens, seqs * (c + q), ACT_BYTES, ACT_BYTES)
+        units = seqs * heads        # prefill kernels split by sequence and query head
+    else:  # decode: q == 1; step.py passes the cached tokens as the KV read
+        flops = ops.decode_attention_flops(heads, head_dim, seqs * (c + 1))
+        bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, seqs, seqs * c, ACT_BYTES, ACT_BYTES)
+        units = seqs * kv_heads     # decode kernels pack a KV head's query heads into one unit
+    outside = np.where(head_dim != HEAD_DIM, f"head_dim != {HEAD_DIM}", "")
+    return _frame({
+        "source": source, "key": _keys(seqs, q, c, heads, kv_heads, head_dim), "ref": ref, "outside": outside,
+        "flops": flops, "bytes": bytes_, "units": units,
+        "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
+        "latency_s": np.asarray(latency_s, dtype=float)})
+
+
+def vidur_attention_rows(ds: Dataset, hw: str) -> pd.DataFrame:
+    a = ds.tables["vidur_attention"]
+    a = a[a.hardware == hw].merge(ds.tables["vidur_models"], on="model", how="left").reset_index(drop=True)
+    prefill = a.is_prefill.astype(bool)
+    a["q"] = np.where(prefill, a.prefill_chunk_size, 1)
+    a["seqs"] = a.batch_size
+    a["tokens"] = a.seqs * a.q
+    a["kind"] = np.where(prefill, "prefill", "decode")
+    a["ref"] = "attn|" + a.model + "|" + a.tp.astype(str) + "|" + a.kind + "|" + a.seqs.astype(str) + "|" + a.q.astype(str) + "|" + a.kv_cache_size.astype(str)
+    return a
+
+
+def attention_points(ds: Dataset, hw: HardwareProfile, op_class: str) -> Points:
+    kind = "prefill" if op_class == "attention_prefill" else "decode"
+    frames = []
+    t = ds.tables[f"aic_attention_{kind}"]
+    t = t[t.hardware == hw.name]
+    if kind == "prefill":
+        t = t[t.seq_len >= MIN_PREFILL_LEN]
+        frames.append(_attention_frame(hw, op_class, "aiconfigurator", t.batch_size, t.seq_len, 0 * t.seq_len,
+                                       t.num_heads, t.num_kv_heads, t.head_dim, t.latency_s))
+    else:  # `seq_len` counts the cached tokens plus the new one
+        frames.append(_attention_frame(hw, op_class, "aiconfigurator", t.batch_size, 1 + 0 * t.seq_len, t.seq_len - 1,
+                                       t.num_heads, t.num_kv_heads, t.head_dim, t.latency_s))
+    v = vidur_attention_rows(ds, hw.name)
+    v = v[v.kind == kind]
+    if len(v):
+        frames.append(_attention_frame(hw, op_class, "vidur", v.seqs, v.q, v.kv_cache_size, v.n_head / v.tp,
+                                       np.maximum(1.0, v.n_kv_head / v.tp), v.n_embd / v.n_head, v.latency_s, v.ref.to_numpy()))
+    return _points(hw.name, op_class, frames)
+
+
+# --- collectives ----------------------------------------------------------------------------------
+
+def allreduce_points(ds: Dataset, hw: HardwareProfile) -> Points:
+    link = hw.interconnect.intra_node
+    frames = []
+    a = ds.tables["aic_allreduce"]
+    a = a[(a.hardware == hw.name) & a.implementation.isin(AIC_ALLREDUCE)]
+    v = ds.tables["vidur_network"]
+    v = v[(v.hardware == hw.name) & (v.collective == "all_reduce") & (v.devices_per_node == v.num_workers)]
+    for source, p, msg, lat in (("aiconfigurator", a.num_gpus, a.message_bytes, a.latency_s),
+                                ("vidur", v.num_workers, v.message_bytes, v.latency_s)):
+        p, msg = p.to_numpy(float), msg.to_numpy(float)
+        frames.append(_frame({
+            "source": source, "key": np.char.add(np.char.add(msg.astype(np.int64).astype(str), "B/"), p.astype(np.int64).astype(str)),
+            "flops": 0.0, "bytes": 2.0 * (p - 1) / p * msg,    # ring all-reduce, as ops.allreduce_time
+            "peak_flops_s": 1.0, "bandwidth_bytes_s": link.bandwidth_gb_s * 1e9,
+            "hop_s": 2.0 * (p - 1) * link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
+    return _points(hw.name, "allreduce", frames)
+
+
+def send_recv_points(ds: Dataset, hw: HardwareProfile) -> Points:
+    v = ds.tables["vidur_network"]
+    v = v[(v.hardware == hw.name) & (v.collective == "send_recv") & (v.num_workers == 2)]
+    intra = (v.devices_per_node == 2).to_numpy()
+    # The profiles' inter-node links are assumptions (one NIC per GPU); the measured pairs crossed
+    # whatever network Vidur's nodes had, so only the intra-node pairs are fitted.
+    outside = np.where(intra, "", "inter-node pair")
+    ic = hw.interconnect
+    bw = np.where(intra, ic.intra_node.bandwidth_gb_s, ic.inter_node.bandwidth_gb_s) * 1e9
+    lat = np.where(intra, ic.intra_node.latency_us, ic.inter_node.latency_us) * 1e-6
+    msg = v.message_bytes.to_numpy(float)
+    key = np.char.add(msg.astype(np.int64).astype(str), np.where(intra, "B/intra", "B/inter"))
+    frame = _frame({"source": "vidur", "key": key, "flops": 0.0, "bytes": msg, "outside": outside,
+                                          "peak_flops_s": 1.0, "bandwidth_bytes_s": bw, "hop_s": lat,
+                                          "latency_s": v.latency_s.to_numpy(float)})
+    return _points(hw.name, "send_recv", [frame])
+
+
+def points_for(ds: Dataset, hw: HardwareProfile, op_class: str) -> Points:
+    """All measured points of one hardware and operator class (possibly none)."""
+    if op_class == "gemm":
+        return gemm_points(ds, hw)
+    if op_class == "elementwise":
+        return elementwise_points(ds, hw)
+    if op_class in ("attention_prefill", "attention_decode"):
+        return attention_points(ds, hw, op_class)
+    if op_class == "allreduce":
+        return allreduce_points(ds, hw)
+    if op_class == "send_recv":
+        return send_recv_points(ds, hw)
+    raise ValueError(f"unknown operator class {op_class}")

@@ -1,0 +1,205 @@
+"""Fitting :class:`~simserve.hardware.OpEfficiency` parameters to measured kernel timings.
+
+The loss is the mean absolute log ratio ``|log(predicted / measured)|`` (a relative error that treats a 2x
+over- and under-prediction alike), with every data source of a fit weighted equally so a large table does
+not drown a small one. The optimizer is a deterministic Nelder-Mead written with numpy: started from the
+best point of a coarse grid, run twice on an evenly strided subset of at most ``SUBSET_POINTS`` points,
+then polished on all of them. Parameters are optimised in unconstrained coordinates (logistic for
+fractions, log for positive values), so every result is inside its valid range.
+
+Held-out error is by shape: the distinct shape keys of a point set are shuffled with a fixed seed and dealt
+into ``K`` folds; each fold is predicted by parameters fitted on the other ``K - 1`` folds only.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable
+
+import numpy as np
+
+from .dataset import Points
+
+K_FOLDS = 5
+SEED = 0
+SUBSET_POINTS = 3000   # points of the first, coarse fitting stage
+
+# name -> (to internal coordinate, from internal coordinate, starting value)
+_TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
+    "flops_fraction": (lambda v: math.log(v / (1 - v)), lambda x: 1.0 / (1.0 + math.exp(-x)), 0.7),
+    "bandwidth_fraction": (lambda v: math.log(v / (1 - v)), lambda x: 1.0 / (1.0 + math.exp(-x)), 0.8),
+    "overhead_us": (math.log, math.exp, 5.0),
+    "overlap_exponent": (lambda v: math.log(v - 1.0), lambda x: 1.0 + math.exp(x), 2.0),
+    "unit_overhead_ns": (math.log, math.exp, 10.0),
+    "hop_latency_scale": (math.log, math.exp, 1.0),
+}
+# Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
+PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
+         "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0}
+
+# Free parameters per operator class; the rest stay at PLAIN unless fixed here.
+FREE = {
+    "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent"),
+    "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
+    "attention_decode": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
+    "elementwise": ("bandwidth_fraction", "overhead_us"),
+    "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale"),
+    "send_recv": ("bandwidth_fraction", "overhead_us"),
+}
+# Streaming kernels are memory-bound, so their FLOP rate cannot be identified from timings; 1/16 of the
+# dense tensor peak is about the CUDA-core FP32 rate of A100/H100, and never binds for these kernels.
+# Collectives move bytes only.
+FIXED = {
+    "elementwise": {"flops_fraction": 0.0625},
+    "allreduce": {"flops_fraction": 1.0},
+    "send_recv": {"flops_fraction": 1.0},
+}
+
+
+def predict_s(p: Points, params: dict) -> np.ndarray:
+    """Vectorised twin of the :mod:`simserve.cost.ops` functions for these points (seconds).
+
+    Computed in log space (``max(c, m) * (1 + (min/max)^p)^(1/p)`` as ``exp(log max + log1p(...)/p)``),
+    which is faster and equal to the scalar formulas to rounding."""
+    with np.errstate(divide="ignore"):
+        log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
+        log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])
+    log_hi = np.maximum(log_c, log_m)
+    q = params.get("overlap_exponent")
+    if q is not None:
+        with np.errstate(invalid="ignore"):
+            gap = np.where(np.isfinite(log_hi), -np.abs(log_c - log_m), -np.inf)
+        log_hi = log_hi + np.log1p(np.exp(q * gap)) / q
+    fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s
+    if params.get("unit_overhead_ns", 0.0):
+        fixed_s = fixed_s + p.units * params["unit_overhead_ns"] * 1e-9
+    return fixed_s + np.exp(log_hi)
+
+
+def source_weights(p: Points) -> np.ndarray:
+    """Each source carries the same total weight; the weights sum to one."""
+    w = np.zeros(len(p))
+    sources = np.unique(p.source)
+    for s in sources:
+        mask = p.source == s
+        w[mask] = 1.0 / (mask.sum() * len(sources))
+    return w
+
+
+def _nelder_mead(f: Callable[[np.ndarray], float], x0: np.ndarray, step: float, max_evals: int,
+                 xtol: float = 1e-5, ftol: float = 1e-9) -> tuple[np.ndarray, float]:
+    """Adaptive Nelder-Mead (Gao & Han 2012 coefficients). Deterministic: no randomness anywhere."""
+    n = len(x0)
+    alpha, gamma, rho, sigma = 1.0, 1.0 + 2.0 / n, 0.75 - 1.0 / (2 * n), 1.0 - 1.0 / n
+    pts = np.vstack([x0] + [x0 + step * e for e in np.eye(n)])
+    vals = np.array([f(x) for x in pts])
+    evals = n + 1
+    while evals < max_evals:
+        order = np.argsort(vals, kind="stable")
+        pts, vals = pts[order], vals[order]
+        if np.max(np.abs(pts[1:] - pts[0])) <= xtol and vals[-1] - vals[0] <= ftol:
+            break
+        centroid = pts[:-1].mean(axis=0)
+        xr = centroid + alpha * (centroid - pts[-1])
+        fr = f(xr)
+        evals += 1
+        if fr < vals[0]:
+            xe = centroid + gamma * (xr - centroid)
+            fe = f(xe)
+            evals += 1
+            pts[-1], vals[-1] = (xe, fe) if fe < fr else (xr, fr)
+        elif fr < vals[-2]:
+            pts[-1], vals[-1] = xr, fr
+        else:
+            outside = fr < vals[-1]
+            xc = centroid + rho * ((xr if outside else pts[-1]) - centroid)
+            fc = f(xc)
+            evals += 1
+            if fc < (fr if outside else vals[-1]):
+                pts[-1], vals[-1] = xc, fc
+            else:
+                pts[1:] = pts[0] + sigma * (pts[1:] - pts[0])
+                vals[1:] = [f(x) for x in pts[1:]]
+                evals += n
+    best = int(np.argmin(vals))
+    return pts[best], float(vals[best])
+
+
+def _decode(names: tuple[str, ...], x: np.ndarray, fixed: dict) -> dict:
+    params = dict(PLAIN)
+    params.update(fixed)
+    for name, v in zip(names, x):
+        params[name] = _TRANSFORMS[name][1](float(v))
+    return params
+
+
+def _loss(p: Points, names: tuple[str, ...], fixed: dict) -> Callable[[np.ndarray], float]:
+    log_y, w = np.log(p.latency_s), source_weights(p)
+
+    def loss(x: np.ndarray) -> float:
+        r = np.log(predict_s(p, _decode(names, x, fixed)))
+        r -= log_y
+        np.abs(r, out=r)
+        r *= w
+        return float(np.add.reduce(r))     # not np.dot: a BLAS call costs more than it saves here
+    return loss
+
+
+def fit_points(p: Points) -> dict:
+    """Fitted OpEfficiency fields for one point set. Uses only ``p``: nothing else influences the result.
+
+    Large sets are first fitted on an evenly strided subset (fast), then polished on all points."""
+    names, fixed = FREE[p.op_class], FIXED.get(p.op_class, {})
+    stride = -(-len(p) // SUBSET_POINTS)
+    coarse = _loss(p.take(np.arange(0, len(p), stride)), names, fixed)
+    # coarse grid over the roofline's own three numbers, shape terms at their starting values
+    grid = {"flops_fraction": (0.3, 0.6, 0.9), "bandwidth_fraction": (0.3, 0.6, 0.9), "overhead_us": (1.0, 4.0, 16.0)}
+    axes = [grid.get(n, (_TRANSFORMS[n][2],)) for n in names]
+    starts = [np.array([_TRANSFORMS[n][0](v) for n, v in zip(names, combo)]) for combo in itertools.product(*axes)]
+    x = min(starts, key=coarse)
+    for step in (1.0, 0.2):
+        x, _ = _nelder_mead(coarse, x, step, max_evals=120 * len(names))
+    if stride > 1:
+        x, _ = _nelder_mead(_loss(p, names, fixed), x, 0.05, max_evals=40 * len(names))
+    return _decode(names, x, fixed)
+
+
+def aggregate(p: Points) -> tuple[Points, np.ndarray]:
+    """One point per (source, shape key) with the median of its repeated measurements, and the index of
+    each original row's point. A shape measured for several models is one piece of evidence, not several."""
+    tag = np.char.add(np.char.add(p.source, "|"), p.key)
+    distinct, first, inverse = np.unique(tag, return_index=True, return_inverse=True)
+    agg = p.take(first)
+    if len(distinct) == len(p):
+        return agg, inverse
+    values = p.latency_s[np.lexsort((p.latency_s, inverse))]   # grouped, ascending within a group
+    counts = np.bincount(inverse)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    medians = 0.5 * (values[starts + (counts - 1) // 2] + values[starts + counts // 2])
+    return agg.with_latency(medians), inverse
+
+
+def fold_ids(keys: np.ndarray, k: int = K_FOLDS, seed: int = SEED) -> np.ndarray:
+    """Fold of every point: its shape key's position in a seeded shuffle of the sorted distinct keys, mod k."""
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    order = np.random.default_rng(seed).permutation(len(distinct))
+    fold_of_key = np.empty(len(distinct), dtype=int)
+    fold_of_key[order] = np.arange(len(distinct)) % k
+    return fold_of_key[inverse]
+
+
+def heldout_predictions(p: Points, k: int = K_FOLDS, seed: int = SEED) -> tuple[np.ndarray, list[dict]]:
+    """Out-of-fold predictions for every point and the parameters fitted for each fold."""
+    folds = fold_ids(p.key, k, seed)
+    pred = np.empty(len(p))
+    fold_params = []
+    for f in range(k):
+        test = folds == f
+        params = fit_points(p.take(~test))
+        fold_params.append(params)
+        pred[test] = predict_s(p.take(test), params)
+    return pred, fold_params
+
+
+def abs_pct_err(pred: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return np.abs(pred / measured - 1.0) * 100.0

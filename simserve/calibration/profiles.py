@@ -1,0 +1,152 @@
+"""Writing fitted efficiencies into hardware profiles: only the ``efficiency:`` and ``calibration:`` blocks.
+
+Everything else in a profile file (comments, sources, other keys) is left byte-for-byte alone. The new text
+is validated as a :class:`~simserve.hardware.HardwareProfile` before the file is replaced.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config.base import validate
+from ..config.yamlio import load_file, loads
+from ..hardware import HardwareProfile
+from .dataset import OP_CLASSES
+
+DATA_DATE = "2026-11-22"    # when the measurements were imported into the repo (see data/README.md)
+METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator class (numpy Nelder-Mead); "
+          "{basis}; 5-fold held-out error by shape, see docs/calibration.md")
+
+_DATAFLOW = ("assumption: the fractions of peak (and compute/memory overlap) of the measured H100; a statically "
+             "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero, and its "
+             "collectives pay the plain ring latency of its own links")
+# unmeasured device -> (device whose parameters it takes, why)
+CARRY_OVER = {
+    "a100-sxm-40gb": ("a100-sxm-80gb", "same GA100 die and kernels as the measured A100 80GB; fractions apply to "
+                                       "this board's own peaks (HBM2 bandwidth)"),
+    "h200-sxm-141gb": ("h100-sxm-80gb", "same GH100 compute die and kernels as the measured H100; fractions apply to "
+                                        "the H200's own peaks (HBM3e bandwidth), which is an assumption"),
+    "b200-180gb": ("h100-sxm-80gb", "no Blackwell measurements; assumes Blackwell kernels reach the same fractions of "
+                                    "their peaks and the same overheads as on the measured H100"),
+    "groq-lpu": ("h100-sxm-80gb", _DATAFLOW),
+    "cerebras-cs3": ("h100-sxm-80gb", _DATAFLOW),
+}
+_FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
+           "hop_latency_scale")
+_DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0}
+
+
+def _num(v: float) -> str:
+    v = 0.0 if abs(v) < 1e-6 else float(f"{v:.4g}")
+    return repr(v)
+
+
+def _op_line(name: str, params: dict) -> str:
+    parts = []
+    for f in _FIELDS:
+        v = params.get(f, _DEFAULTS.get(f))
+        if f in _DEFAULTS and (v is None or (f != "overlap_exponent" and v == _DEFAULTS[f])):
+            continue
+        parts.append(f"{f}: {_num(v)}")
+    return f"  {name}: {{{', '.join(parts)}}}"
+
+
+def efficiency_block(params: dict[str, dict], step_overhead_us: float, comment: str) -> list[str]:
+    missing = [oc for oc in OP_CLASSES if oc not in params]
+    if missing:
+        raise ValueError(f"no parameters for {', '.join(missing)}: calibrate the device they are carried over from too")
+    lines = [f"efficiency:           # {comment}"]
+    lines += [_op_line(oc, params[oc]) for oc in OP_CLASSES]
+    lines.append(f"  step_overhead_us: {step_overhead_us!r}")
+    return lines
+
+
+def calibration_block(calibrated: bool, method: str, data_sha256: str | None, p90: float | None) -> list[str]:
+    lines = ["calibration:", f"  calibrated: {'true' if calibrated else 'false'}", f"  method: {_quote(method)}"]
+    if data_sha256 is not None:
+        lines += [f"  data_sha256: {_quote(data_sha256)}", f"  date: {_quote(DATA_DATE)}"]
+    if p90 is not None:
+        lines.append(f"  heldout_p90_abs_pct_err: {p90:.1f}")
+    return lines
+
+
+def _quote(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def replace_block(text: str, key: str, new_lines: list[str]) -> str:
+    """Replace the top-level mapping ``key:`` (its line and every indented or blank line after it)."""
+    lines = text.split("\n")
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(f"{key}:")), None)
+    if start is None:
+        raise ValueError(f"no top-level '{key}:' block")
+    end = start + 1
+    while end < len(lines) and (lines[end] == "" or lines[end][0] in " \t"):
+        end += 1
+    while end > start + 1 and lines[end - 1] == "":   # keep blank lines that separate blocks
+        end -= 1
+    return "\n".join(lines[:start] + new_lines + lines[end:])
+
+
+def _rewrite(path: Path, eff_lines: list[str], cal_lines: list[str]) -> None:
+    text = path.read_text(encoding="utf-8")
+    new = replace_block(replace_block(text, "efficiency", eff_lines), "calibration", cal_lines)
+    validate(HardwareProfile, loads(new, str(path)))     # refuse to write a profile that would not load
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+
+
+def _step_overhead(path: Path) -> float:
+    return load_file(path)["efficiency"]["step_overhead_us"]     # engine-level: kept as it is
+
+
+def step_time_p90(result, hw: str) -> float:
+    """The profile's step-time error: held-out p90 of whole Vidur layers predicted by parameters fitted on
+    the same software stack (``simserve.fidelity`` scales step times by it for the error bands)."""
+    return float(result.report["iteration_in_stack"][hw]["p90_abs_pct_err"])
+
+
+def write_profiles(result, profiles_dir: Path) -> list[Path]:
+    """Rewrite the efficiency and calibration blocks of every hardware in ``result.params``."""
+    written = []
+    for hw, params in result.params.items():
+        path = Path(profiles_dir) / f"{hw}.yaml"
+        fitted = result.report["fit"][hw]
+        carried = result.report["carried_over"][hw]
+        basis = "; ".join(f"{oc} on {fitted[oc]['source']} (held-out p90 {fitted[oc]['p90_abs_pct_err']:.1f}%)"
+                          for oc in OP_CLASSES if oc in fitted)
+        if carried:
+            basis += "; not measured, carried over: " + ", ".join(f"{oc} from {src}" for oc, src in carried.items())
+        method = METHOD.format(basis=basis) + ("; heldout_p90_abs_pct_err is the whole-layer step time on "
+                                               "Vidur's models with same-stack parameters")
+        eff = efficiency_block(params, _step_overhead(path), "fitted by `simserve calibrate`; see calibration")
+        _rewrite(path, eff, calibration_block(True, method, result.data_sha256, step_time_p90(result, hw)))
+        written.append(path)
+    return written
+
+
+def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
+    """A measured device's parameters for an unmeasured one; ``plain`` drops overheads and shape terms."""
+    out = {}
+    for oc, p in source.items():
+        q = {f: p.get(f, _DEFAULTS.get(f)) for f in _FIELDS}
+        if plain:
+            q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0)
+        out[oc] = q
+    return out
+
+
+def write_carryover_profiles(result, profiles_dir: Path, targets: dict = CARRY_OVER) -> list[Path]:
+    """Write efficiency blocks of unmeasured devices from their nearest measured device, ``calibrated: false``."""
+    written = []
+    for hw, (source, why) in targets.items():
+        path = Path(profiles_dir) / f"{hw}.yaml"
+        if not path.is_file() or source not in result.params:
+            continue
+        plain = why is _DATAFLOW
+        params = carried_params(result.params[source], plain)
+        method = (f"carried over from {source} (simserve calibrate, data {result.data_sha256[:12]}): {why}; "
+                  f"heldout_p90_abs_pct_err is {source}'s")
+        eff = efficiency_block(params, _step_overhead(path), f"not measured: carried over from {source}")
+        _rewrite(path, eff, calibration_block(False, method, None, step_time_p90(result, source)))
+        written.append(path)
+    return written

@@ -1,0 +1,226 @@
+"""Calibration of the step-time core: held-out folds do not leak, fits are deterministic and valid, the
+recorded accuracy holds, the fit's formulas are the cost model's, and the generated files are current."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simserve.calibration import render_report_md, run_calibration, write_carryover_profiles, write_profiles
+from simserve.calibration import fit as F
+from simserve.calibration.dataset import (MEASURED_HARDWARE, OP_CLASSES, load_dataset, points_for,
+                                          vidur_layer_rows)
+from simserve.calibration.profiles import CARRY_OVER, replace_block
+from simserve.cost import ops
+from simserve.cost.batch import BatchShape
+from simserve.cost.step import Precision, RooflineStep
+from simserve.hardware import OpEfficiency, load_profile
+from simserve.model import ModelSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = Path("/work/shared/calibration")
+
+# Held-out (median, p90) in percent as measured when this file was written; a change that makes any of
+# them worse by more than half a point fails. Targets: median <= 8, p90 <= 20 per class.
+RECORDED = {
+    ("a100-sxm-80gb", "gemm"): (7.3, 20.5), ("a100-sxm-80gb", "attention_prefill"): (5.7, 24.6),
+    ("a100-sxm-80gb", "attention_decode"): (10.9, 45.6), ("a100-sxm-80gb", "elementwise"): (9.4, 40.7),
+    ("a100-sxm-80gb", "allreduce"): (10.0, 33.8), ("a100-sxm-80gb", "send_recv"): (7.2, 19.4),
+    ("h100-sxm-80gb", "gemm"): (6.3, 19.7), ("h100-sxm-80gb", "attention_prefill"): (5.5, 19.8),
+    ("h100-sxm-80gb", "attention_decode"): (5.1, 18.8), ("h100-sxm-80gb", "elementwise"): (10.8, 43.1),
+    ("h100-sxm-80gb", "allreduce"): (9.1, 29.4), ("h100-sxm-80gb", "send_recv"): (1.1, 8.5),
+    ("a40-48gb", "gemm"): (5.2, 16.4), ("a40-48gb", "elementwise"): (6.5, 35.3), ("a40-48gb", "send_recv"): (1.7, 7.9),
+}
+MEETS_OP_TARGETS = {k for k, (med, p90) in RECORDED.items() if med <= 8.0 and p90 <= 20.0}
+# whole layers, same-stack parameters: (median, p90); targets 5 and 10
+RECORDED_ITERATION = {"a100-sxm-80gb": (2.8, 8.9), "h100-sxm-80gb": (3.9, 11.7), "a40-48gb": (3.0, 9.2)}
+
+
+@pytest.fixture(scope="module")
+def result():
+    return run_calibration()
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return load_dataset()
+
+
+def _basis(ds, hw: str, op_class: str):
+    p = points_for(ds, load_profile(hw), op_class)
+    p = p.take((p.outside == "") & (p.source == p.source[p.outside == ""][0]))
+    agg, _ = F.aggregate(p)
+    return agg
+
+
+def test_perturbing_heldout_latencies_leaves_that_folds_parameters_bit_identical(dataset):
+    p = _basis(dataset, "a100-sxm-80gb", "attention_prefill")
+    folds = F.fold_ids(p.key)
+    pred, fold_params = F.heldout_predictions(p)
+    rng = np.random.default_rng(7)
+    held = folds == 0
+    noisy = p.latency_s * np.where(held, rng.uniform(0.2, 5.0, len(p)), 1.0)
+    q = p.with_latency(noisy)
+    assert np.array_equal(F.fold_ids(q.key), folds)
+    pred_q, fold_params_q = F.heldout_predictions(q)
+    assert fold_params_q[0] == fold_params[0]                    # bit-identical floats
+    assert np.array_equal(pred_q[held], pred[held])
+    assert fold_params_q[1] != fold_params[1]                    # the perturbed points do train the others
+
+
+def test_folds_are_by_shape(dataset):
+    p = points_for(dataset, load_profile("a100-sxm-80gb"), "gemm")   # Vidur repeats shapes across models
+    folds = F.fold_ids(p.key)
+    for key in np.unique(p.key)[:500]:
+        assert len(set(folds[p.key == key])) == 1
+    assert sorted(set(folds)) == list(range(F.K_FOLDS))
+
+
+def test_fit_is_deterministic(result, dataset):
+    p = _basis(dataset, "h100-sxm-80gb", "attention_decode")
+    assert F.fit_points(p) == F.fit_points(p)
+    again = run_calibration(["a40-48gb"])
+    for oc in ("gemm", "elementwise", "send_recv"):
+        assert again.params["a40-48gb"][oc] == result.params["a40-48gb"][oc]
+    assert again.report["iteration"]["a40-48gb"] == result.report["iteration"]["a40-48gb"]
+
+
+def test_parameters_are_valid_op_efficiencies(result):
+    for hw in MEASURED_HARDWARE:
+        assert set(result.params[hw]) == set(OP_CLASSES)
+        for oc, params in result.params[hw].items():
+            eff = OpEfficiency(**params)
+            assert 0 < eff.flops_fraction <= 1 and 0 < eff.bandwidth_fraction <= 1
+            assert eff.overhead_us >= 0 and eff.unit_overhead_ns >= 0 and eff.hop_latency_scale >= 0
+            assert eff.overlap_exponent is None or eff.overlap_exponent >= 1
+            free = set(F.FREE[oc]) - {"flops_fraction", "bandwidth_fraction", "overhead_us"}
+            assert len(free) <= 2                                 # at most two shape terms per class
+    assert result.report["carried_over"]["a40-48gb"] == {
+        "attention_prefill": "a100-sxm-80gb", "attention_decode": "a100-sxm-80gb", "allreduce": "a100-sxm-80gb"}
+
+
+def test_heldout_errors_hold(result):
+    med, p90 = result.report["heldout_median_abs_pct_err"], result.report["heldout_p90_abs_pct_err"]
+    measured = {(hw, oc) for hw in med for oc in med[hw]}
+    assert measured == set(RECORDED)
+    for (hw, oc), (m, p) in RECORDED.items():
+        assert med[hw][oc] <= m + 0.5 and p90[hw][oc] <= p + 0.5, (hw, oc, med[hw][oc], p90[hw][oc])
+    for hw, oc in MEETS_OP_TARGETS:
+        assert med[hw][oc] <= 8.0 and p90[hw][oc] <= 20.0
+    assert {k[1] for k in MEETS_OP_TARGETS} == {"gemm", "attention_prefill", "attention_decode", "send_recv"}
+
+
+def test_whole_iteration_errors_hold(result):
+    for hw, (m, p) in RECORDED_ITERATION.items():
+        it = result.report["iteration_in_stack"][hw]
+        assert it["median_abs_pct_err"] <= m + 0.5 and it["p90_abs_pct_err"] <= p + 0.5
+        assert it["median_abs_pct_err"] <= 5.0
+    assert result.report["iteration_in_stack"]["a100-sxm-80gb"]["p90_abs_pct_err"] <= 10.0
+    assert result.report["iteration_in_stack"]["a40-48gb"]["p90_abs_pct_err"] <= 10.0
+    wa = result.report["iteration_in_stack"]["a100-sxm-80gb"]["with_attention"]
+    for part in ("decode", "prefill"):
+        assert wa[part]["num_steps"] > 1000 and wa[part]["median_abs_pct_err"] <= 5.0 and wa[part]["p90_abs_pct_err"] <= 10.0
+    # A40 is fitted on Vidur only: its profile parameters are the same-stack ones
+    assert result.report["iteration"]["a40-48gb"] == result.report["iteration_in_stack"]["a40-48gb"]
+
+
+def test_vectorised_prediction_is_the_cost_models_formula(result, dataset):
+    for hw in ("a100-sxm-80gb", "h100-sxm-80gb"):
+        profile = load_profile(hw)
+        for oc in OP_CLASSES:
+            p = points_for(dataset, profile, oc)
+            idx = np.linspace(0, len(p) - 1, 40).astype(int)
+            params = result.params[hw][oc]
+            eff = OpEfficiency(**params)
+            got = F.predict_s(p.take(idx), params)
+            for i, g in zip(idx, got):
+                if oc in ("attention_prefill", "attention_decode"):
+                    want = ops.attention_time(p.flops[i], p.bytes[i], p.units[i], p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
+                elif oc == "allreduce":
+                    n = int(p.key[i].split("/")[1])
+                    link = profile.interconnect.intra_node
+                    want = ops.allreduce_time(p.bytes[i] * n / (2 * (n - 1)), n, link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6, eff)
+                elif oc == "send_recv":
+                    want = ops.send_recv_time(p.bytes[i], p.bandwidth_bytes_s[i], p.hop_s[i], eff)
+                else:
+                    want = ops.roofline_s(p.flops[i], p.bytes[i], p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
+                assert g == pytest.approx(want.time_s, rel=1e-12)
+
+
+def test_fit_points_use_the_step_models_flops_and_bytes(dataset):
+    """The calibration's per-operator FLOPs and bytes are those RooflineStep computes for the same layer."""
+    hw = load_profile("a100-sxm-80gb")
+    model = ModelSpec(name="llama-2-7b", num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32,
+                      ffn_size=11008, ffn_gated=True, vocab_size=32000, max_context=4096)
+    tp, T = 2, 64
+    step = RooflineStep(model, hw, Precision.of("bf16", "bf16", "bf16"), tp)
+    by_name = dict(step.linear_layer_ops(T))
+    names = {"input_layernorm": "input_norm", "attn_pre_proj": "qkv_proj", "attn_rope": "rope",
+             "attn_post_proj": "o_proj", "post_attention_layernorm": "post_attn_norm", "mlp_up_proj": "ffn_up",
+             "mlp_act": "ffn_act", "mlp_down_proj": "ffn_down", "add": "ffn_residual"}
+    for oc in ("gemm", "elementwise"):
+        p = points_for(dataset, hw, oc)
+        for vidur_op, step_op in names.items():
+            ref = f"meta-llama/Llama-2-7b-hf|{tp}|{T}|{vidur_op}"
+            i = np.flatnonzero(p.ref == ref)
+            if len(i):
+                assert p.flops[i[0]] == pytest.approx(by_name[step_op].flops, rel=1e-12), vidur_op
+                assert p.bytes[i[0]] == pytest.approx(by_name[step_op].bytes, rel=1e-12), vidur_op
+    gqa = model.model_copy(update={"num_kv_heads": 8})
+    step = RooflineStep(gqa, hw, Precision.of("bf16", "bf16", "bf16"), 1)
+    for oc, pairs, key in (("attention_prefill", [(512, 0)] * 4, "4x512x0x32x8x128"),
+                           ("attention_decode", [(1, 1022)] * 16, "16x1x1022x32x8x128")):
+        op = step.attention_ops(BatchShape.from_pairs(pairs))[0][1]
+        p = points_for(dataset, hw, oc)
+        i = np.flatnonzero(p.key == key)[0]
+        assert p.flops[i] == pytest.approx(op.flops, rel=1e-12) and p.bytes[i] == pytest.approx(op.bytes, rel=1e-12)
+
+
+def test_report_is_deterministic_and_current(result):
+    md = render_report_md(result)
+    assert md == render_report_md(result)
+    assert "simserve calibrate --report" in md and result.data_sha256 in md
+    assert "## Weakest where and why" in md
+    assert (ROOT / "docs" / "calibration.md").read_text() == md, "regenerate docs/calibration.md"
+
+
+def test_write_profiles_touches_only_the_two_blocks(result, tmp_path):
+    shutil.copytree(ROOT / "hardware_profiles", tmp_path, dirs_exist_ok=True)
+    before = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    written = write_profiles(result, tmp_path) + write_carryover_profiles(result, tmp_path)
+    assert {p.stem for p in written} == set(MEASURED_HARDWARE) | set(CARRY_OVER)
+    for path in written:
+        prof = load_profile(str(path))
+        blank = [""]
+        stripped = replace_block(replace_block(path.read_text(), "efficiency", blank), "calibration", blank)
+        assert stripped == replace_block(replace_block(before[path.name], "efficiency", blank), "calibration", blank)
+        if path.stem in MEASURED_HARDWARE:
+            assert prof.calibration.calibrated and prof.calibration.data_sha256 == result.data_sha256
+            assert prof.calibration.heldout_p90_abs_pct_err == pytest.approx(
+                result.report["iteration_in_stack"][path.stem]["p90_abs_pct_err"], abs=0.05)
+            gemm = result.params[path.stem]["gemm"]
+            assert prof.efficiency.gemm.flops_fraction == pytest.approx(gemm["flops_fraction"], rel=1e-3)
+        else:
+            assert not prof.calibration.calibrated and prof.calibration.heldout_p90_abs_pct_err is not None
+    again = {p.name: p.read_text() for p in tmp_path.glob("*.yaml")}
+    write_profiles(result, tmp_path)
+    assert {p.name: p.read_text() for p in tmp_path.glob("*.yaml")} == again     # idempotent
+
+
+def test_bundled_profiles_carry_this_calibration(result):
+    for hw in MEASURED_HARDWARE:
+        prof = load_profile(hw)
+        assert prof.calibration.calibrated and prof.calibration.data_sha256 == result.data_sha256
+        for oc in OP_CLASSES:
+            got = getattr(prof.efficiency, oc)
+            assert got.bandwidth_fraction == pytest.approx(result.params[hw][oc]["bandwidth_fraction"], rel=1e-3)
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="raw calibration tables not available")
+def test_importer_reproduces_the_repo_copy(tmp_path):
+    pytest.importorskip("pyarrow")
+    from simserve.calibration.importer import DEST, regenerate
+    for name in regenerate(SHARED, tmp_path):
+        assert (tmp_path / name).read_bytes() == (DEST / name).read_bytes(), name
