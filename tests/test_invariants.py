@@ -84,8 +84,8 @@ def test_summary_bytes_stable_across_processes(tmp_path):
     import json
     import subprocess
     import sys
-    code = ("import json,sys,simserve; s=json.loads(sys.argv[1]); "
-            "sys.stdout.write(simserve.simulate(s).summary_json())")
+    code = ("import json,sys,simserve; s=json.loads(sys.argv[1]); r=simserve.simulate(s); "
+            "sys.stdout.write(r.summary_json() + r.requests_csv())")
     outs = set()
     for hashseed in ("0", "12345"):
         env = {"PYTHONHASHSEED": hashseed, "PATH": "/usr/bin:/bin"}

@@ -50,3 +50,16 @@ def test_admission_keeps_an_overloaded_replica_bounded():
     reasons = {q.reason for q in rec.requests if q.outcome == REJECTED}
     assert reasons == {"queue_full"}
     assert all(q.outcome in (COMPLETED, REJECTED) for q in rec.requests)
+
+
+def test_memory_stays_bounded_under_heavy_overload():
+    # 10x the sustainable rate for 20,000 requests: memory grows with the requests (one record each),
+    # never with the backlog's tokens or the simulated time
+    import tracemalloc
+    sets = dict(scheduler__max_num_seqs=4, scheduler__max_num_batched_tokens=16, run__max_duration_s=60.0)
+    tracemalloc.start()
+    rec = run_tiny(_rows(360, 20000), **sets)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert stability(rec)["unstable"]
+    assert peak < 20000 * 2000        # under 2 kB per request, everything included
