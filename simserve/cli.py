@@ -82,7 +82,14 @@ def validate(scenario: str, overrides: tuple[str, ...]) -> None:
     click.echo(f"ok: {r.config.name}: {r.model.name} on {r.config.deployment.replicas} x "
                f"{r.config.deployment.tensor_parallel} x {r.hardware.name}; per device "
                f"{m.weight_bytes / 1e9:.1f} GB weights, {m.kv_bytes / 1e9:.1f} GB KV cache "
-               f"({m.kv_capacity_tokens:,} tokens); workload of {len(specs):,} requests")
+               f"({m.kv_capacity_tokens:,} tokens{_contiguous(m)}); workload of {len(specs):,} requests")
+
+
+def _contiguous(m) -> str:
+    """With contiguous KV: how many requests of max_model_len tokens the cache holds."""
+    if m.kv_layout != "contiguous":
+        return ""
+    return f" in {m.num_blocks:,} contiguous reservation{'s' * (m.num_blocks != 1)} of {m.block_size:,}"
 
 
 @main.command()

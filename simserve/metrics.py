@@ -171,6 +171,8 @@ def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
         for k, v in st.bound_s.items():
             bound_s[k] = bound_s.get(k, 0.0) + v
     blocks = resolved.memory.num_blocks
+    reserved = sum(st.sum_kv_blocks for st in stats) * resolved.memory.block_size
+    used = sum(st.sum_kv_tokens_used for st in stats)
     return {
         "iterations": iters,
         "mean_batch_size": _f(sum(st.sum_batch_seqs for st in stats) / iters) if iters else None,
@@ -181,12 +183,33 @@ def _utilisation(resolved: Resolved, rec: RunRecord) -> dict:
         "step_bound_fraction": {k: _f(v / busy) for k, v in sorted(bound_s.items())} if busy > 0 else {},
         "mean_kv_utilization": _f(sum(st.sum_kv_blocks for st in stats) / iters / blocks) if iters else None,
         "peak_kv_utilization": _f(max(st.peak_kv_blocks for st in stats) / blocks),
+        "mean_kv_tokens_used_fraction": _f(used / reserved) if reserved else None,
+        "mean_kv_tokens_reserved": _f(reserved / iters) if iters else None,
+        "mean_kv_tokens_wasted": _f((reserved - used) / iters) if iters else None,
         "peak_waiting_requests": max(st.peak_waiting for st in stats),
         "peak_running_requests": max(st.peak_running for st in stats),
+        "mean_running_requests": _f(sum(st.sum_running for st in stats) / iters) if iters else None,
         "preemptions": sum(r.scheduler.num_preemptions for r in rec.replicas),
+        "swap": _swap(rec),
         "prefix_cache": _prefix_cache(rec),
         "padding_tokens": sum(st.padding_tokens for st in stats),
         "wasted_slot_steps": sum(st.wasted_slot_steps for st in stats),
+    }
+
+
+def _swap(rec: RunRecord) -> dict:
+    """Preemption by swap: KV copied to host memory and back, per device (all 0 with recompute)."""
+    swaps = [r.scheduler.swap for r in rec.replicas if getattr(r.scheduler, "swap", None) is not None]
+    block_bytes = swaps[0].block_bytes if swaps else 0.0
+    return {
+        "swapped_out": sum(s.swapped_out for s in swaps),
+        "swapped_in": sum(s.swapped_in for s in swaps),
+        "swap_out_bytes": _f(sum(s.out_blocks for s in swaps) * block_bytes),
+        "swap_in_bytes": _f(sum(s.in_blocks for s in swaps) * block_bytes),
+        "transfer_s": _f(sum(r.stats.transfer_s for r in rec.replicas)),
+        "recompute_fallbacks": sum(s.fallbacks for s in swaps),
+        "peak_host_kv_bytes": _f(max((s.peak_used for s in swaps), default=0) * block_bytes),
+        "host_kv_capacity_bytes": _f(swaps[0].num_blocks * block_bytes) if swaps else None,
     }
 
 

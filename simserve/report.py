@@ -51,6 +51,20 @@ def render(summary: dict) -> str:
         at = next(i for i, line in enumerate(lines) if line.startswith("devices")) + 1
         lines.insert(at, f"batching   {_num(s['padding_tokens'])} prompt padding tokens computed, "
                          f"{_num(s['wasted_slot_steps'])} idle batch slot-iterations")
+    swap = s.get("swap") or {}
+    contiguous = s.get("memory_per_device", {}).get("kv_layout") == "contiguous"
+    if contiguous or swap.get("host_kv_capacity_bytes") is not None:  # non-default KV policies only
+        at = next(i for i, line in enumerate(lines) if line.startswith("devices")) + 1
+        frac = s["mean_kv_tokens_used_fraction"]
+        pct = _num(frac * 100 if frac is not None else None, 1)
+        text = (f"kv cache   {'contiguous' if contiguous else 'paged'}: {pct}% of reserved KV slots hold KV "
+                f"(mean {_num(s['mean_kv_tokens_reserved'], 0)} tokens reserved, "
+                f"{_num(s['mean_kv_tokens_wasted'], 0)} unused), mean {_num(s['mean_running_requests'])} running")
+        if swap.get("host_kv_capacity_bytes") is not None:
+            text += (f"; swapped {_num(swap['swapped_out'])} out, {_num(swap['swapped_in'])} in "
+                     f"({_num(swap['swap_out_bytes'] / 1e9)} GB out, {_num(swap['transfer_s'], 3)} s of copies), "
+                     f"{_num(swap['recompute_fallbacks'])} recomputed for want of host space")
+        lines.insert(at, text)
     fid = s.get("fidelity")
     if fid:
         lo, hi = fid["low"], fid["high"]

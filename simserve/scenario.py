@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -38,9 +38,12 @@ class DeploymentConfig(Frozen):
 
 
 class KVCacheConfig(Frozen):
+    layout: Literal["paged", "contiguous"] = Field(
+        "paged", description="paged: blocks taken as a sequence grows; contiguous: max_model_len tokens reserved per request at admission")
     block_size: int = Field(16, ge=1, description="Tokens per KV block (paged attention)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of device memory the engine may use")
     enable_prefix_caching: bool = Field(False, description="Reuse the KV of equal prompt prefixes (blocks found by content hash, LRU eviction)")
+    swap_space_gb: float = Field(4.0, ge=0, le=1e6, description="Host memory per device for KV swapped out by scheduler.preemption: swap, 1e9 bytes")
 
 
 class SLOConfig(Frozen):
@@ -159,7 +162,10 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
                             f"{sched.max_num_batched_tokens}; set scheduler.max_model_len or enable chunked prefill")
     if cfg.kv_cache.enable_prefix_caching and sched.policy != "continuous":
         raise ScenarioError("kv_cache.enable_prefix_caching", f"is supported by the continuous scheduler only, not '{sched.policy}'")
+    if cfg.kv_cache.enable_prefix_caching and cfg.kv_cache.layout != "paged":
+        raise ScenarioError("kv_cache.enable_prefix_caching", "needs kv_cache.layout: paged (blocks are shared by content)")
     precision = Precision.of(p.weights, p.activations, p.kv_cache)
     plan = plan_memory(model, hw, precision, tp, cfg.kv_cache.gpu_memory_utilization,
-                       sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size)
+                       sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size,
+                       cfg.kv_cache.layout, max_len)
     return Resolved(cfg, model, hw, precision, plan, max_len, base_dir)

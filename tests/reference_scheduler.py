@@ -1,6 +1,7 @@
 """Test oracle: the first, straightforward continuous-batching scheduler (one Python object per
 request, every request touched every iteration). The fast scheduler in simserve must reproduce its
-timelines exactly; tests/test_differential.py checks that on random workloads."""
+timelines exactly; tests/test_differential.py checks that on random workloads, with preemption by
+recompute and by swap (``swap``: the engine's HostSwap, whose copy times are charged to the step)."""
 from __future__ import annotations
 
 from collections import deque
@@ -13,9 +14,11 @@ from simserve.engine.scheduler import Step
 class ReferenceScheduler:
     """Base class. Subclasses implement :meth:`schedule`; they may use the helpers below."""
 
-    def __init__(self, params, kv):
+    def __init__(self, params, kv, swap=None):
         self.params = params
         self.kv = kv
+        self.swap = swap
+        self.transfer_s = 0.0            # host copies made while scheduling, charged to the next step
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -40,6 +43,16 @@ class ReferenceScheduler:
     def num_outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    def kv_tokens_in_use(self, step: Step) -> int:
+        """KV slots filled once ``step`` has run: computed tokens of the running requests plus the new ones."""
+        return sum(r.num_computed for r in self.running) + sum(step.new_tokens)
+
+    def discard(self, req: Request) -> None:
+        self.waiting.remove(req)
+        self.kv.free(req.id)
+        if self.swap is not None:
+            self.swap.drop(req.id)
+
     def drain(self) -> list:
         lost = list(self.running) + list(self.waiting)
         for req in lost:
@@ -47,6 +60,9 @@ class ReferenceScheduler:
             req.num_computed = 0
         self.running.clear()
         self.waiting.clear()
+        if self.swap is not None:
+            self.swap.clear()
+        self.transfer_s = 0.0
         return lost
 
     def settle(self) -> None:
@@ -54,9 +70,16 @@ class ReferenceScheduler:
 
     def preempt(self, req: Request) -> None:
         """Preemption by recompute: drop the request's KV; it rejoins the front of the queue and will
-        recompute its prompt and every token generated so far."""
+        recompute its prompt and every token generated so far. By swap: copy its computed KV to host
+        memory first (if the host has room) and keep its progress."""
         self.kv.free(req.id)
-        req.num_computed = 0
+        copy_s = None
+        if self.swap is not None and req.num_computed > 0:
+            copy_s = self.swap.swap_out(req.id, self.kv.blocks_for(req.num_computed))
+        if copy_s is None:
+            req.num_computed = 0
+        else:
+            self.transfer_s += copy_s
         req.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(req)
@@ -108,12 +131,14 @@ class ReferenceScheduler:
             i += 1
         return budget, preempted
 
-    @staticmethod
-    def make_step(reqs: list, news: list, acc: BatchAccumulator) -> Step | None:
+    def make_step(self, reqs: list, news: list, acc: BatchAccumulator) -> Step | None:
         if not reqs:
             return None
         logits = sum(1 for r, n in zip(reqs, news) if r.num_computed + n == r.num_tokens)
-        return Step(reqs, news, acc.shape(logits), 0)
+        step = Step(reqs, news, acc.shape(logits), 0)
+        if self.transfer_s:
+            step.transfer_s, self.transfer_s = self.transfer_s, 0.0
+        return step
 
 
 class ReferenceContinuous(ReferenceScheduler):
@@ -144,6 +169,8 @@ class ReferenceContinuous(ReferenceScheduler):
             n = min(n, budget)
             if self.kv.allocate_slots(req.id, req.num_computed + n) is None:
                 break
+            if self.swap is not None and self.swap.holds(req.id):
+                self.transfer_s += self.swap.swap_in(req.id)        # copy its KV back
             self.waiting.popleft()
             self.running.append(req)
             reqs.append(req)

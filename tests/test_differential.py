@@ -29,7 +29,8 @@ def _observed(rec):
     per_req = [(q.outcome, q.reason, q.first_token_s, q.finish_s, q.num_preemptions, q.num_generated, q.replica)
                for q in reqs]
     itl = sorted(np.repeat(rec.itl_s, rec.itl_counts).tolist())
-    reps = [(r.stats.iterations, r.stats.sum_kv_blocks, r.stats.peak_kv_blocks, r.stats.tokens) for r in rec.replicas]
+    reps = [(r.stats.iterations, r.stats.sum_kv_blocks, r.stats.peak_kv_blocks, r.stats.tokens,
+             r.stats.sum_kv_tokens_used, r.stats.sum_running, r.stats.transfer_s) for r in rec.replicas]
     return per_req, itl, reps, rec.duration_s
 
 

@@ -32,7 +32,7 @@ BASE = {
 }
 
 # summary.json keys whose value is a mapping with fixed keys (others map data-dependent names to values)
-FIXED_MAPPINGS = ("slo", "stability", "failures", "memory_per_device")
+FIXED_MAPPINGS = ("slo", "stability", "failures", "memory_per_device", "swap")
 
 TINY = {
     "name": "docs-tiny",

@@ -817,6 +817,8 @@ DOC_SETS = [  # (--set overrides of the docs' scenario.yaml, the message docs/er
     (["model=[llama-3.1-8b]"], "model: must be a string or a mapping, got ['llama-3.1-8b']"),
     (["slo={1: 500}"], "slo.1: a key must be a string, got 1"),
     (["scheduler.max_num_seqs=0"], "scheduler.max_num_seqs: must be >= 1, got 0"),
+    (["kv_cache.layout=contiguous", "kv_cache.gpu_memory_utilization=0.3"], "scheduler.max_model_len: the contiguous KV layout reserves max_model_len=131072 tokens (17.18 GB) per request, but the KV cache has 6.84 GB (52,151 tokens); lower scheduler.max_model_len or use kv_cache.layout: paged"),
+    (["kv_cache.layout=contiguous", "kv_cache.enable_prefix_caching=true"], "kv_cache.enable_prefix_caching: needs kv_cache.layout: paged (blocks are shared by content)"),
     (["kv_cache.gpu_memory_utilization=1.5"], "kv_cache.gpu_memory_utilization: must be <= 1, got 1.5"),
     (["workload.prompt_tokens={dist: uniform, low: 500, high: 10}"], "workload.prompt_tokens.high: must be >= low (500), got 10"),
     (["slo.ttft_ms=.inf"], "slo.ttft_ms: must be a finite number, got inf"),

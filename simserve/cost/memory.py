@@ -1,4 +1,9 @@
-"""Device memory plan of one replica: weights, activation workspace, and what is left for the KV cache."""
+"""Device memory plan of one replica: weights, activation workspace, and what is left for the KV cache.
+
+The KV cache is cut into blocks. ``paged`` (vLLM's PagedAttention): blocks of ``block_size`` tokens, taken
+as a sequence grows. ``contiguous`` (servers before it): every request reserves ``max_model_len`` tokens
+at admission, i.e. one block of ``max_model_len`` tokens, so the cache holds
+floor(KV tokens / ``max_model_len``) requests whatever their lengths."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -21,7 +26,8 @@ class MemoryPlan:
     kv_bytes_per_token: float        # all layers, K and V, this device's heads
     kv_capacity_tokens: int
     num_blocks: int
-    block_size: int
+    block_size: int                  # tokens per block; max_model_len with the contiguous layout
+    kv_layout: str = "paged"         # "paged" or "contiguous"
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,8 +66,9 @@ def activation_bytes_per_device(model: ModelSpec, precision: Precision, tp: int,
 
 def plan_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int,
                 gpu_memory_utilization: float, max_num_batched_tokens: int, max_num_seqs: int,
-                block_size: int) -> MemoryPlan:
-    """Raises :class:`ScenarioError` (with the numbers) when weights and workspace do not fit."""
+                block_size: int, layout: str = "paged", max_model_len: int | None = None) -> MemoryPlan:
+    """Raises :class:`ScenarioError` (with the numbers) when weights and workspace do not fit, or, with
+    the ``contiguous`` layout, when not even one request's ``max_model_len`` tokens of KV fit."""
     capacity = hw.weight_memory_bytes
     usable = capacity * gpu_memory_utilization
     weights = weight_bytes_per_device(model, precision, tp)
@@ -83,4 +90,15 @@ def plan_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp:
             f"{acts / 1e9:.2f} GB activations (max_num_batched_tokens={max_num_batched_tokens}) leaves "
             f"less than one block of {block_size} tokens; raise tensor_parallel, the memory fraction, or "
             f"lower scheduler.max_num_batched_tokens")
-    return MemoryPlan(capacity, usable, weights, acts, kv, per_token, blocks * block_size, blocks, block_size)
+    if layout == "contiguous":
+        block_size = max_model_len
+        blocks = int(kv // (per_token * block_size))
+        if blocks < 1:
+            raise ScenarioError(
+                "scheduler.max_model_len",
+                f"the contiguous KV layout reserves max_model_len={max_model_len} tokens "
+                f"({per_token * max_model_len / 1e9:.2f} GB) per request, but the KV cache has "
+                f"{kv / 1e9:.2f} GB ({int(kv // per_token):,} tokens); lower scheduler.max_model_len or use "
+                f"kv_cache.layout: paged")
+    return MemoryPlan(capacity, usable, weights, acts, kv, per_token, blocks * block_size, blocks, block_size,
+                      layout)

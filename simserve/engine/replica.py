@@ -1,8 +1,9 @@
 """A replica: one copy of the model on its devices, as a SimPy process.
 
 The loop is schedule -> ``yield env.timeout(step time)`` -> update: one event per iteration, never one
-per token. When there is nothing to run the process sleeps on an event that the next arrival triggers,
-or until the time the scheduler asks to be woken at (``Scheduler.next_wake_s``, a batching timer).
+per token. The step time is the cost model's plus any host copies the step waits for (``transfer_s``).
+When there is nothing to run the process sleeps on an event that the next arrival triggers, or until
+the time the scheduler asks to be woken at (``Scheduler.next_wake_s``, a batching timer).
 A failure interrupts the process; it sleeps until repaired.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ class ReplicaStats:
 
     __slots__ = ("iterations", "busy_s", "flops", "bytes", "tokens", "bound_s", "peak_kv_blocks",
                  "peak_waiting", "peak_running", "sum_batch_seqs", "sum_kv_blocks", "down_s",
-                 "padding_tokens", "wasted_slot_steps")
+                 "padding_tokens", "wasted_slot_steps", "sum_kv_tokens_used", "sum_running", "transfer_s")
 
     def __init__(self) -> None:
         self.iterations = 0
@@ -40,6 +41,9 @@ class ReplicaStats:
         self.down_s = 0.0
         self.padding_tokens = 0      # prompt padding computed (Step.padding_tokens)
         self.wasted_slot_steps = 0   # batch rows without an unfinished request, summed over iterations
+        self.sum_kv_tokens_used = 0  # KV slots filled once each iteration has run, summed (Scheduler.kv_tokens_in_use)
+        self.sum_running = 0         # running requests at the start of each iteration, summed
+        self.transfer_s = 0.0        # device <-> host copy time charged to steps (Step.transfer_s)
 
 
 class Replica:
@@ -98,8 +102,7 @@ class Replica:
         while True:
             if self.timeout_s is not None and sched.waiting:
                 for req in expired(sched.waiting, env.now, self.timeout_s):
-                    sched.waiting.remove(req)
-                    sched.kv.free(req.id)
+                    sched.discard(req)
                     self.on_timeout(req)
             sched.now = env.now
             step = sched.schedule()
@@ -117,26 +120,33 @@ class Replica:
                 self._wake = None
                 continue
             cost: StepCost = self.step_cost(step.shape)
+            time_s = cost.time_s
+            if step.transfer_s:                      # host copies the iteration waits for
+                time_s += step.transfer_s
             if len(sched.waiting) > stats.peak_waiting:
                 stats.peak_waiting = len(sched.waiting)
             used = sched.kv.num_used
             stats.sum_kv_blocks += used
             if used > stats.peak_kv_blocks:
                 stats.peak_kv_blocks = used
+            stats.sum_kv_tokens_used += sched.kv_tokens_in_use(step)
+            stats.sum_running += len(sched.running)
             if len(sched.running) > stats.peak_running:
                 stats.peak_running = len(sched.running)
             self._step_start = env.now
-            yield env.timeout(cost.time_s)
+            yield env.timeout(time_s)
             self._step_start = -1.0
             stats.iterations += 1
-            stats.busy_s += cost.time_s
+            stats.busy_s += time_s
+            if step.transfer_s:
+                stats.transfer_s += step.transfer_s
             stats.flops += cost.flops
             stats.bytes += cost.bytes
             stats.tokens += step.shape.num_tokens
             stats.sum_batch_seqs += step.shape.num_seqs
             stats.padding_tokens += step.padding_tokens
             stats.wasted_slot_steps += step.idle_slots
-            stats.bound_s[cost.bound] = stats.bound_s.get(cost.bound, 0.0) + cost.time_s
+            stats.bound_s[cost.bound] = stats.bound_s.get(cost.bound, 0.0) + time_s
             for req in sched.update(step, env.now, self.itl_out):
                 self.on_finish(req)
 

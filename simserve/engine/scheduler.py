@@ -10,6 +10,10 @@ steady with ``c0`` computed and ``g0`` generated tokens, so after ``d`` more tic
 ``g0 + d``. Only events cost work: a decoder needing its next KV block (every ``block_size`` ticks), a
 decoder finishing, or a preemption. The others, *active* requests (prefilling, recomputing), are
 handled one by one. A tick is an iteration in which the steady decoders advance.
+
+Preemption is by recompute, or by swap when the scheduler is given a :class:`HostSwap`: the victim's KV
+is copied to host memory and back on readmission, and the copy times are charged to the iteration in
+which they happen (``Step.transfer_s``).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from ..config.base import Frozen
 from ..cost.batch import BatchAccumulator, BatchShape
 from .kv import BlockManager
 from .request import Request
+from .swap import HostSwap
 
 
 _NONE: list = []          # shared empty list for steps without active requests (never mutated)
@@ -48,7 +53,10 @@ class Step:
     Waste, for policies that run fixed-shape batches (both are 0 for continuous batching):
     ``padding_tokens`` of ``shape.num_tokens`` are prompt padding, computed for no request; and
     ``idle_slots`` rows of the batch hold no unfinished request in this iteration (included in ``shape``
-    when the policy still computes them)."""
+    when the policy still computes them).
+
+    ``transfer_s``: seconds of copies between device and host memory (swapped KV) that the iteration
+    waits for on top of its compute; the replica adds it to the step time."""
 
     requests: list[Request]
     new_tokens: list[int]
@@ -56,6 +64,7 @@ class Step:
     num_steady: int
     padding_tokens: int = 0
     idle_slots: int = 0
+    transfer_s: float = 0.0
 
 
 class ItlRecorder:
@@ -76,9 +85,11 @@ class ItlRecorder:
 class Scheduler:
     """Base class. Subclasses implement :meth:`schedule` with the helpers below."""
 
-    def __init__(self, params: SchedulerParams, kv: BlockManager):
+    def __init__(self, params: SchedulerParams, kv: BlockManager, swap: HostSwap | None = None):
         self.params = params
         self.kv = kv
+        self.swap = swap                          # host memory for preemption by swap; None: recompute
+        self.pending_transfer_s = 0.0             # host copies made while scheduling, not yet charged
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}     # admission order, steady and active alike
         self.active: list[Request] = []           # running requests that are not steady, in order
@@ -133,13 +144,18 @@ class Scheduler:
         if req.block_hashes is not None:
             self.kv.free(req.id)
             self.kv.hits_tokens -= cached
-            req.num_computed = 0
+            req.num_computed -= cached
 
     def admit(self, req: Request) -> None:
-        """Move the head of the waiting queue into the running set (the caller allocated its KV)."""
+        """Move the head of the waiting queue into the running set (the caller allocated its KV). A
+        request whose KV was swapped out has it copied back (the time is charged to this iteration)."""
         self.waiting.popleft()
-        self.prefix_hit_tokens += req.num_computed if req.block_hashes is not None else 0
-        self.admitted_prompt_tokens += req.num_tokens
+        if self.swap is not None and self.swap.holds(req.id):
+            self.pending_transfer_s += self.swap.swap_in(req.id)
+            self.admitted_prompt_tokens += req.num_tokens - req.num_computed
+        else:
+            self.prefix_hit_tokens += req.num_computed if req.block_hashes is not None else 0
+            self.admitted_prompt_tokens += req.num_tokens
         self._admitted += 1
         req.seq = self._admitted
         self.running[req.id] = req
@@ -192,10 +208,20 @@ class Scheduler:
         """Sum over steady decoders of (cached tokens + 1) at the coming tick."""
         return self._steady_sum + self.num_steady * (self.tick + 1)
 
+    def kv_tokens_in_use(self, step: Step) -> int:
+        """KV slots filled once ``step`` has run: every running request's computed tokens plus the
+        step's new ones (a metric; a block shared by several requests counts for each)."""
+        n = self._steady_sum + self.num_steady * self.tick + step.num_steady
+        for req in self.active:
+            n += req.num_computed
+        return n + sum(step.new_tokens)
+
     # --- preemption ------------------------------------------------------------------------------
     def preempt_last(self) -> Request:
-        """Preemption by recompute of the most recently admitted running request: its KV is dropped
-        and it rejoins the front of the queue, to recompute its prompt and every generated token."""
+        """Preempt the most recently admitted running request; it rejoins the front of the queue. By
+        recompute: its KV is dropped, and it will recompute its prompt and every generated token. By
+        swap (``self.swap`` set): its computed KV is copied to host memory and it keeps its progress;
+        when the host has no room, by recompute."""
         victim = next(reversed(self.running.values()))
         del self.running[victim.id]
         if victim.steady:
@@ -203,11 +229,30 @@ class Scheduler:
         else:
             self.active.remove(victim)
         self.kv.free(victim.id)
-        victim.num_computed = 0
+        if self.swap is None or not self._swap_out(victim):
+            victim.num_computed = 0
         victim.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(victim)
         return victim
+
+    def _swap_out(self, req: Request) -> bool:
+        """Copy the blocks holding ``req``'s computed KV to host memory; False when there is nothing
+        to copy or no room."""
+        if not req.num_computed:
+            return False
+        copy_s = self.swap.swap_out(req.id, self.kv.blocks_for(req.num_computed))
+        if copy_s is None:
+            return False
+        self.pending_transfer_s += copy_s
+        return True
+
+    def charge_transfers(self, step: Step | None) -> Step | None:
+        """Put the host copies made while scheduling on ``step`` (on the next step when None)."""
+        if step is not None and self.pending_transfer_s:
+            step.transfer_s = self.pending_transfer_s
+            self.pending_transfer_s = 0.0
+        return step
 
     def schedule_steady(self) -> bool:
         """Give every steady decoder the KV block it needs at this tick, in admission order, preempting
@@ -329,9 +374,17 @@ class Scheduler:
             self.kv.free(req.id)
         return finished
 
-    # --- failures and the end of a run -----------------------------------------------------------
+    # --- timeouts, failures and the end of a run -------------------------------------------------
+    def discard(self, req: Request) -> None:
+        """Drop a waiting request (an admission timeout): its KV, on the device or the host, is freed."""
+        self.waiting.remove(req)
+        self.kv.free(req.id)
+        if self.swap is not None:
+            self.swap.drop(req.id)
+
     def drain(self) -> list[Request]:
-        """Drop everything (a failure): returns the running and waiting requests, their KV freed."""
+        """Drop everything (a failure): returns the running and waiting requests, their KV freed (on
+        the host too)."""
         for req in self.running.values():
             if req.steady:
                 self._thaw(req)
@@ -345,6 +398,9 @@ class Scheduler:
         self._fresh.clear()
         self._block_due.clear()
         self._finish_due.clear()
+        if self.swap is not None:
+            self.swap.clear()
+        self.pending_transfer_s = 0.0
         return lost
 
     def settle(self) -> None:

@@ -13,6 +13,7 @@ from . import failures
 from .kv import BlockManager
 from .prefix import shared_block_hashes, trace_block_hashes
 from .scheduler import ItlRecorder
+from .swap import HostSwap
 from .replica import Replica
 from .request import COMPLETED, REJECTED, UNFINISHED, Request
 
@@ -50,9 +51,15 @@ class Cluster:
         sched_cls = policies.SCHEDULERS.impl(cfg.scheduler.policy)
         plan = resolved.memory
         timeout_s = cfg.admission.request_timeout_s
+        swap = getattr(cfg.scheduler, "preemption", "recompute") == "swap"
+
+        def scheduler():
+            kv = BlockManager(plan.num_blocks, plan.block_size)
+            return sched_cls(cfg.scheduler, kv, swap=host_swap(resolved)) if swap else sched_cls(cfg.scheduler, kv)
+
         self.replicas = [
-            Replica(self.env, i, sched_cls(cfg.scheduler, BlockManager(plan.num_blocks, plan.block_size)),
-                    cost, self.itl, self._finished, lambda r: self._reject(r, "timeout"), timeout_s)
+            Replica(self.env, i, scheduler(), cost, self.itl, self._finished, lambda r: self._reject(r, "timeout"),
+                    timeout_s)
             for i in range(cfg.deployment.replicas)
         ]
         self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
@@ -183,6 +190,15 @@ class Cluster:
         return RunRecord(self.requests, np.frombuffer(self.itl.values, dtype=float),
                          np.frombuffer(self.itl.counts, dtype=np.int64), self.replicas, env.now, len(self.specs),
                          np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats))
+
+
+def host_swap(resolved: Resolved) -> HostSwap:
+    """One replica's host swap space: ``kv_cache.swap_space_gb`` per device, in KV blocks, copied over
+    the hardware's host link."""
+    plan, link = resolved.memory, resolved.hardware.host_link
+    block_bytes = plan.block_size * plan.kv_bytes_per_token
+    return HostSwap(int(resolved.config.kv_cache.swap_space_gb * 1e9 // block_bytes), block_bytes,
+                    link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6)
 
 
 def _scaled(cost_fn, factor: float):

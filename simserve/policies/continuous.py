@@ -1,7 +1,8 @@
 """Continuous (iteration-level) batching, vLLM style: running requests first, then the waiting queue
 FCFS, all under one token budget. With ``chunked_prefill`` a long prompt is split across iterations
 and shares them with decodes; without it, an iteration is either whole prompts or decodes (vLLM v0),
-so a long prompt stalls every running decode."""
+so a long prompt stalls every running decode. When KV blocks run out the most recently admitted request
+is preempted, by recompute or, with ``preemption: swap``, by copying its KV to host memory."""
 from __future__ import annotations
 
 from typing import Literal
@@ -16,13 +17,21 @@ from .registry import SCHEDULERS
 class ContinuousParams(SchedulerParams):
     policy: Literal["continuous"]
     chunked_prefill: bool = Field(True, description="Split prompts to fit the token budget")
+    preemption: Literal["recompute", "swap"] = Field(
+        "recompute", description="Preempted requests drop their KV and recompute it, or swap it to host memory and back")
 
 
 @SCHEDULERS.register(ContinuousParams)
 class ContinuousBatching(Scheduler):
-    """Iteration-level batching with optional chunked prefill and preemption by recompute."""
+    """Iteration-level batching with optional chunked prefill, preemption by recompute or swap."""
 
     def schedule(self) -> Step | None:
+        step = self._schedule()
+        if self.pending_transfer_s:
+            self.charge_transfers(step)
+        return step
+
+    def _schedule(self) -> Step | None:
         if not self.active and not self.waiting:       # the common case: only steady decoders
             self.schedule_steady()
             return self.decode_step()
