@@ -12,8 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from . import resources
-from .config.base import Frozen, validate
-from .config.yamlio import load_file
+from .config.base import Frozen, load_validated
 from .errors import ScenarioError
 
 Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4", "int4"]
@@ -147,10 +146,4 @@ def load_profile(ref: str, base: Path | None = None, where: str = "hardware") ->
     if path is None:
         known = ", ".join(resources.bundled_names("hardware_profiles"))
         raise ScenarioError(where, f"unknown profile '{ref}', known: {known} (or a path to a .yaml file)")
-    data = load_file(path)
-    if not isinstance(data, dict):
-        raise ScenarioError(str(path), "a hardware profile must be a mapping")
-    try:
-        return validate(HardwareProfile, data)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{path} {exc.path}", exc.reason) from None
+    return load_validated(HardwareProfile, path, "a hardware profile")

@@ -11,8 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from . import resources
-from .config.base import Frozen, validate
-from .config.yamlio import load_file
+from .config.base import Frozen, load_validated, validate
 from .errors import ScenarioError
 
 
@@ -106,13 +105,7 @@ def load_model(ref: str | dict, base: Path | None = None, where: str = "model") 
     if path is None:
         known = ", ".join(resources.bundled_names("models"))
         raise ScenarioError(where, f"unknown model '{ref}', known: {known} (or a path, or an inline mapping)")
-    data = load_file(path)
-    if not isinstance(data, dict):
-        raise ScenarioError(str(path), "a model file must be a mapping")
-    try:
-        return validate(ModelSpec, data)
-    except ScenarioError as exc:
-        raise ScenarioError(f"{path} {exc.path}", exc.reason) from None
+    return load_validated(ModelSpec, path, "a model file")
 
 
 def catalog_names() -> list[str]:

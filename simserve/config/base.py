@@ -282,3 +282,16 @@ def set_path(data: dict, path: str, value: Any) -> dict:
             raise ScenarioError(here, f"is {fmt_value(nxt)}, not a mapping; cannot set '{fmt_key(path)}'")
         node = nxt
     return out
+
+
+def load_validated(model: type[BaseModel], path, what: str) -> Any:
+    """Read one YAML file that must be a mapping and validate it; errors name the file, then the key."""
+    from .yamlio import load_file
+
+    data = load_file(path)
+    if not isinstance(data, dict):
+        raise ScenarioError(str(path), f"{what} must be a mapping")
+    try:
+        return validate(model, data)
+    except ScenarioError as exc:
+        raise ScenarioError(f"{path} {exc.path}", exc.reason) from None
