@@ -217,8 +217,11 @@ def _prefix_cache(rec: RunRecord) -> dict:
     """Prompt tokens found in the prefix cache when requests were admitted (0 when caching is off)."""
     hits = sum(getattr(r.scheduler, "prefix_hit_tokens", 0) for r in rec.replicas)
     admitted = sum(getattr(r.scheduler, "admitted_prompt_tokens", 0) for r in rec.replicas)
+    tiers = [r.scheduler.kv.offload for r in rec.replicas if r.scheduler.kv.offload is not None]
     return {"hit_tokens": hits, "admitted_tokens": admitted,
-            "hit_rate": _f(hits / admitted) if admitted else None}
+            "hit_rate": _f(hits / admitted) if admitted else None,
+            "offload_stored_blocks": sum(t.stored_blocks for t in tiers),
+            "offload_loaded_blocks": sum(t.loaded_blocks for t in tiers)}
 
 
 UNSTABLE_GROWTH = 0.05

@@ -32,9 +32,24 @@ class PrecisionConfig(Frozen):
 
 class DeploymentConfig(Frozen):
     tensor_parallel: int = Field(1, ge=1, description="Devices per replica sharing every layer")
+    expert_parallel: int = Field(
+        1, ge=1, description="MoE only: devices the experts of each MoE layer are spread over, num_experts / "
+        "expert_parallel whole experts each; 1 (every expert split over tensor_parallel) or tensor_parallel "
+        "(EP reuses the tensor-parallel devices, as vLLM's enable_expert_parallel)")
+    moe_load_imbalance: float = Field(
+        1.0, ge=1, le=1e3, description="With expert_parallel > 1: token-expert pairs of the busiest device over "
+        "the mean (1: uniform routing); scales its expert kernels, which every step waits for")
     replicas: int = Field(1, ge=1, description="Identical copies of the model behind the router")
     router: policies.ROUTERS.union() = Field(default_factory=lambda: policies.ROUTERS.default("round_robin"),
                                               description="How requests are spread over replicas")
+
+
+class OffloadConfig(Frozen):
+    """Where prefix blocks evicted from the device go, and how fast they come back."""
+
+    capacity_gb: float = Field(gt=0, le=1e6, description="Capacity per device, 1e9 bytes")
+    bandwidth_gb_s: float | None = Field(None, gt=0, le=1e6, description="Copy bandwidth back to the device per device, 1e9 bytes/s; default: the hardware's host link")
+    latency_us: float | None = Field(None, ge=0, le=1e9, description="Per copy, microseconds; default: the host link's")
 
 
 class KVCacheConfig(Frozen):
@@ -44,6 +59,7 @@ class KVCacheConfig(Frozen):
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Fraction of device memory the engine may use")
     enable_prefix_caching: bool = Field(False, description="Reuse the KV of equal prompt prefixes (blocks found by content hash, LRU eviction)")
     swap_space_gb: float = Field(4.0, ge=0, le=1e6, description="Host memory per device for KV swapped out by scheduler.preemption: swap, 1e9 bytes")
+    offload: OffloadConfig | None = Field(None, description="Second prefix-cache tier (host memory or SSD); needs enable_prefix_caching")
 
 
 class SLOConfig(Frozen):
@@ -91,7 +107,14 @@ class Resolved:
 
     @property
     def num_devices(self) -> int:
+        """tensor_parallel per replica: expert parallelism reuses those devices."""
         return self.config.deployment.tensor_parallel * self.config.deployment.replicas
+
+    @property
+    def expert_parallelism(self) -> dict:
+        """Keyword arguments of a cost-model factory beyond ``tp``: ``ep`` and ``moe_load_imbalance``."""
+        dep = self.config.deployment
+        return {"ep": dep.expert_parallel, "moe_load_imbalance": dep.moe_load_imbalance}
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -160,12 +183,33 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
         raise ScenarioError("scheduler.max_num_batched_tokens",
                             f"must be >= max_model_len ({max_len}) when chunked_prefill is false, got "
                             f"{sched.max_num_batched_tokens}; set scheduler.max_model_len or enable chunked prefill")
+    if cfg.kv_cache.offload is not None and not cfg.kv_cache.enable_prefix_caching:
+        raise ScenarioError("kv_cache.offload", "is a tier of the prefix cache: set kv_cache.enable_prefix_caching: true")
     if cfg.kv_cache.enable_prefix_caching and sched.policy != "continuous":
         raise ScenarioError("kv_cache.enable_prefix_caching", f"is supported by the continuous scheduler only, not '{sched.policy}'")
     if cfg.kv_cache.enable_prefix_caching and cfg.kv_cache.layout != "paged":
         raise ScenarioError("kv_cache.enable_prefix_caching", "needs kv_cache.layout: paged (blocks are shared by content)")
+    check_expert_parallel(cfg.deployment, model)
     precision = Precision.of(p.weights, p.activations, p.kv_cache)
     plan = plan_memory(model, hw, precision, tp, cfg.kv_cache.gpu_memory_utilization,
                        sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size,
-                       cfg.kv_cache.layout, max_len)
+                       cfg.kv_cache.layout, max_len, cfg.deployment.moe_load_imbalance)
     return Resolved(cfg, model, hw, precision, plan, max_len, base_dir)
+
+
+def check_expert_parallel(dep: DeploymentConfig, model: ModelSpec) -> None:
+    """Expert parallelism needs an MoE model whose experts split evenly, over the tensor-parallel devices."""
+    ep, tp = dep.expert_parallel, dep.tensor_parallel
+    if ep > 1 and model.num_experts == 1:
+        raise ScenarioError("deployment.expert_parallel",
+                            f"needs a mixture-of-experts model; {model.name} is dense (num_experts: 1), got {ep}")
+    if model.num_experts % ep:
+        raise ScenarioError("deployment.expert_parallel",
+                            f"must divide the model's {model.num_experts} experts, got {ep}")
+    if ep > 1 and ep != tp:
+        raise ScenarioError("deployment.expert_parallel",
+                            f"must be 1 or deployment.tensor_parallel ({tp}): expert parallelism spreads the "
+                            f"experts over the replica's tensor-parallel devices, got {ep}")
+    if dep.moe_load_imbalance != 1.0 and ep == 1:
+        raise ScenarioError("deployment.moe_load_imbalance",
+                            "applies to expert parallelism only: set deployment.expert_parallel > 1")

@@ -78,3 +78,28 @@ def test_prefix_caching_keeps_every_invariant(rows, shared, blocks):
     kv = rec.replicas[0].scheduler.kv
     kv.check()
     assert kv.num_used == 0
+
+
+def test_offload_tier_keeps_evicted_prefixes_and_charges_their_copy_back():
+    # blocks of 4 tokens, 6 on the device; every prompt starts with the same 8 tokens (2 blocks).
+    # A (prompt 9) runs 0-10 ms and leaves its 2 prefix blocks cached. B (prompt 2, output 21, no
+    # full shared block) grows to all 6 blocks by 230 ms, evicting both into the offload tier. C
+    # (prompt 9) at 300 ms finds them there: 2 blocks are copied back (1 ms each at the chosen
+    # bandwidth), C computes its last token, and the step takes 10 + 2 ms -> done at 312 ms.
+    block_bytes = 131072 * 4                       # llama-3.1-8b bf16 KV per token x block size
+    offload = {"capacity_gb": 1.0, "bandwidth_gb_s": block_bytes / 1e-3 / 1e9, "latency_us": 0}
+    r = tiny_resolved(num_blocks=6, block_size=4, scheduler__max_num_batched_tokens=16,
+                      kv_cache={"enable_prefix_caching": True, "block_size": 4, "offload": offload})
+    rows = [(0, 9, 1), (0.02, 2, 21), (0.3, 9, 1)]
+    specs = RequestSpecs(np.array([x[0] for x in rows], float), np.array([x[1] for x in rows], np.int64),
+                         np.array([x[2] for x in rows], np.int64), shared_prefix_tokens=8)
+    rec = Cluster(r, specs).run()
+    assert timeline(rec) == {0: (COMPLETED, 10.0, 10.0), 1: (COMPLETED, 30.0, 230.0), 2: (COMPLETED, 312.0, 312.0)}
+    tier = rec.replicas[0].scheduler.kv.offload
+    assert (tier.stored_blocks, tier.loaded_blocks) == (2, 2)
+    assert rec.replicas[0].scheduler.prefix_hit_tokens == 8
+
+
+def test_offload_needs_prefix_caching():
+    with pytest.raises(ScenarioError, match="kv_cache.offload: is a tier of the prefix cache"):
+        tiny_resolved(kv_cache={"offload": {"capacity_gb": 1}})

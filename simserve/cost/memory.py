@@ -34,8 +34,17 @@ class MemoryPlan:
 
 
 def weight_bytes_per_device(model: ModelSpec, precision: Precision, tp: int) -> float:
-    """Every parameter at the weight dtype's bytes (scales included), split over ``tp`` devices."""
+    """Every parameter at the weight dtype's bytes (scales included), split over ``tp`` devices. Expert
+    parallelism does not change it: ``ep`` = ``tp`` devices hold ``num_experts / ep`` whole experts each
+    instead of ``1/tp`` of every expert (:func:`expert_weight_bytes_per_device`), the same bytes."""
     return model.num_params * precision.weight_bytes / tp
+
+
+def expert_weight_bytes_per_device(model: ModelSpec, precision: Precision, tp: int, ep: int = 1) -> float:
+    """The routed experts' share of :func:`weight_bytes_per_device`: every layer's ``num_experts / ep``
+    local experts, each split over the ``tp / ep`` devices of its expert group (ep = tp: whole experts)."""
+    local_experts = model.num_experts / ep
+    return model.num_layers * local_experts * model.expert_params * precision.weight_bytes * ep / tp
 
 
 def kv_bytes_per_token(model: ModelSpec, precision: Precision, tp: int) -> float:
@@ -54,25 +63,32 @@ def kv_tokens_held(model: ModelSpec, num_tokens: int) -> int:
 
 
 def activation_bytes_per_device(model: ModelSpec, precision: Precision, tp: int,
-                                max_num_batched_tokens: int, max_num_seqs: int) -> float:
+                                max_num_batched_tokens: int, max_num_seqs: int,
+                                moe_load_imbalance: float = 1.0) -> float:
     """Peak transient memory of a forward pass over the token budget: a few hidden-size buffers, the FFN
-    intermediate (up and gate) and fp32 logits for every sequence that samples."""
+    intermediate (up and gate) and fp32 logits for every sequence that samples. With expert parallelism
+    the busiest device holds ``moe_load_imbalance`` times the mean token-expert pairs' intermediates."""
     T = max_num_batched_tokens
     hidden = 4 * T * model.hidden_size
     ffn = T * model.ffn_matrices * model.ffn_size * min(model.experts_per_token, model.num_experts) / tp
+    if moe_load_imbalance != 1.0:
+        ffn *= moe_load_imbalance
     logits_bytes = max_num_seqs * model.vocab_size / tp * 4.0
     return (hidden + ffn) * precision.act_bytes + logits_bytes
 
 
 def plan_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int,
                 gpu_memory_utilization: float, max_num_batched_tokens: int, max_num_seqs: int,
-                block_size: int, layout: str = "paged", max_model_len: int | None = None) -> MemoryPlan:
+                block_size: int, layout: str = "paged", max_model_len: int | None = None,
+                moe_load_imbalance: float = 1.0) -> MemoryPlan:
     """Raises :class:`ScenarioError` (with the numbers) when weights and workspace do not fit, or, with
-    the ``contiguous`` layout, when not even one request's ``max_model_len`` tokens of KV fit."""
+    the ``contiguous`` layout, when not even one request's ``max_model_len`` tokens of KV fit.
+    ``moe_load_imbalance`` is that of expert parallelism (1.0 without it)."""
     capacity = hw.weight_memory_bytes
     usable = capacity * gpu_memory_utilization
     weights = weight_bytes_per_device(model, precision, tp)
-    acts = activation_bytes_per_device(model, precision, tp, max_num_batched_tokens, max_num_seqs)
+    acts = activation_bytes_per_device(model, precision, tp, max_num_batched_tokens, max_num_seqs,
+                                       moe_load_imbalance)
     per_token = kv_bytes_per_token(model, precision, tp)
     if weights > usable:
         raise ScenarioError(

@@ -128,3 +128,18 @@ def send_recv_time(message_bytes: float, link_bandwidth_bytes_s: float, link_lat
     wire_s = message_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
     latency_s = eff.hop_latency_scale * link_latency_s + eff.overhead_us * 1e-6
     return OpTime(wire_s + latency_s, NETWORK, 0.0, message_bytes)
+
+
+def alltoall_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_s: float,
+                  link_latency_s: float, eff: OpEfficiency) -> OpTime:
+    """All-to-all (MoE dispatch or combine): each of ``p`` devices sends ``message_bytes`` spread evenly
+    over all ``p`` devices; the ``1/p`` addressed to itself stays local, so ``(p-1)/p`` crosses the link.
+    The ``p-1`` peers are reached concurrently (a switched fabric), so one hop of latency. Priced with
+    the point-to-point (``send_recv``) efficiency: an all-to-all is a group of concurrent send/recv pairs."""
+    if num_devices <= 1:
+        return OpTime(0.0, NETWORK, 0.0, 0.0)
+    p = num_devices
+    wire_bytes = (p - 1) / p * message_bytes
+    wire_s = wire_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
+    latency_s = eff.hop_latency_scale * link_latency_s + eff.overhead_us * 1e-6
+    return OpTime(wire_s + latency_s, NETWORK, 0.0, wire_bytes)

@@ -5,10 +5,18 @@ input norm, QKV GEMM, rotary embedding, attention (prefill and decode kernels), 
 residual add, post-attention norm, FFN up(+gate) GEMM, activation, down GEMM (or the routed experts of
 an MoE layer), all-reduce, residual add. Then the final norm and the LM head on the sequences that
 sample a token, plus a fixed per-iteration framework overhead.
+
+Expert parallelism (``ep > 1``, MoE only, ``ep == tp``): each device holds ``num_experts / ep`` whole
+experts instead of ``1/tp`` of every expert. The FFN all-reduce becomes an all-to-all dispatch of every
+token's hidden state to the devices of its top-k experts and a combine back (the attention all-reduce
+stays: it stands for the reduce-scatter before dispatch and the all-gather after combine, which move
+the same bytes). The expert kernels are those of the busiest device: ``moe_load_imbalance`` times the
+mean token-expert pairs per device, and the weights of the local experts a device with work touches.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import comb
 
 from .. import quantization as q
 from ..hardware import HardwareProfile
@@ -53,10 +61,22 @@ CACHE_ENTRIES = 200_000
 
 
 class RooflineStep:
-    """Step time of one replica of ``model`` on ``tp`` devices of ``hw``. Pure: no state between calls."""
+    """Step time of one replica of ``model`` on ``tp`` devices of ``hw``. Pure: no state between calls.
 
-    def __init__(self, model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int):
+    ``ep`` spreads the experts of MoE layers over that many of the devices (1: every expert split over
+    ``tp``); a dense model (e.g. a speculative draft) has no experts and ignores it.
+    ``moe_load_imbalance`` (>= 1) is the busiest device's token-expert pairs over the mean, with ``ep > 1``.
+    """
+
+    def __init__(self, model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int, ep: int = 1,
+                 moe_load_imbalance: float = 1.0):
         self.model, self.hw, self.prec, self.tp = model, hw, precision, tp
+        self.ep = ep if model.num_experts > 1 else 1
+        self.moe_load_imbalance = moe_load_imbalance if self.ep > 1 else 1.0
+        net = hw.interconnect
+        ep_link = net.intra_node if self.ep <= net.devices_per_node else net.inter_node
+        self.ep_link_bw_bytes_s = ep_link.bandwidth_gb_s * 1e9
+        self.ep_link_latency_s = ep_link.latency_us * 1e-6
         self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)      # GEMMs
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
@@ -101,7 +121,7 @@ class RooflineStep:
         out.append(("attn_residual", add))
         out.append(("post_attn_norm", norm))
         out.extend(self._ffn_ops(T))
-        if self.tp > 1:
+        if self.tp > 1 and self.ep == 1:     # with EP the combine all-to-all returns the expert outputs
             out.append(("ffn_allreduce", allreduce))
         out.append(("ffn_residual", add))
         return out
@@ -143,16 +163,35 @@ class RooflineStep:
             return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
                     ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
         # MoE: T*k token-expert pairs; the experts touched are read once each (expected count under
-        # uniform routing), the router is a small GEMM.
-        k, E = m.experts_per_token, m.num_experts
-        touched = E * (1.0 - (1.0 - k / E) ** T) if T else 0.0
-        pairs = T * k
-        flops = ops.gemm_flops(pairs, up_n, m.hidden_size) + ops.gemm_flops(pairs, m.hidden_size, self.ffn_n)
-        bytes_ = touched * (up_n + self.ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + self.ffn_n) * ab
+        # uniform routing), the router is a small GEMM. With EP a device holds n = E/ep whole experts and
+        # sees T*k/ep pairs on average (times the imbalance on the busiest device); it reads the local
+        # experts touched given that it has work at all: n * P(expert touched) / P(any local expert
+        # touched), where a token's top-k misses n given experts with probability C(E-n, k) / C(E, k).
+        # ep = 1 gives n = E and that probability 0: every expert, 1/tp of its width.
+        k, E, ep = m.experts_per_token, m.num_experts, self.ep
+        n = E // ep
+        ffn_n = self.ffn_n if ep == 1 else m.ffn_size * ep / self.tp
+        up_n = (m.ffn_matrices - 1) * ffn_n
+        miss = comb(E - n, k) / comb(E, k)
+        touched = n * (1.0 - (1.0 - k / E) ** T) / (1.0 - miss ** T) if T else 0.0
+        pairs = T * k / ep * self.moe_load_imbalance
+        flops = ops.gemm_flops(pairs, up_n, m.hidden_size) + ops.gemm_flops(pairs, m.hidden_size, ffn_n)
+        bytes_ = touched * (up_n + ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + ffn_n) * ab
         router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
         experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
-        act = ops.elementwise_time(pairs * self.ffn_n, 8.0, m.ffn_matrices * ab, pa, bw, e.elementwise)
-        return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
+        act = ops.elementwise_time(pairs * ffn_n, 8.0, m.ffn_matrices * ab, pa, bw, e.elementwise)
+        if ep == 1:
+            return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
+        a2a = ops.alltoall_time(self.alltoall_bytes(T), ep, self.ep_link_bw_bytes_s, self.ep_link_latency_s,
+                                e.send_recv)
+        return [("moe_router", router), ("moe_dispatch", a2a), ("moe_experts", experts), ("ffn_act", act),
+                ("moe_combine", a2a)]
+
+    def alltoall_bytes(self, T: int) -> float:
+        """What one device sends in a dispatch (and again in a combine): its T/ep tokens' hidden states,
+        once per routed expert (k copies, not deduplicated per device); mean routing, no imbalance."""
+        m = self.model
+        return T / self.ep * m.experts_per_token * m.hidden_size * self.prec.act_bytes
 
     def head_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
         """Embedding lookup, final norm and LM head (vocabulary sharded over tp)."""

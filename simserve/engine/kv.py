@@ -9,13 +9,38 @@ a child sequence share its parent's blocks (copy-on-write of a partly filled las
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class OffloadTier:
+    """A second prefix-cache tier in host memory or SSD (Mooncake-style): blocks evicted from the device
+    keep their content here, least recently used first, and a later prefix hit copies them back."""
+
+    num_blocks: int               # capacity in KV blocks of one device
+    block_bytes: float            # one KV block on one device
+    bandwidth_bytes_s: float      # tier -> device copy bandwidth
+    latency_s: float              # per copy
+    hashes: OrderedDict = field(default_factory=OrderedDict)
+    stored_blocks: int = 0        # blocks written to the tier (evictions it kept)
+    loaded_blocks: int = 0        # blocks copied back to the device on prefix hits
+
+    def copy_s(self, num_blocks: int) -> float:
+        return self.latency_s + num_blocks * self.block_bytes / self.bandwidth_bytes_s if num_blocks else 0.0
+
+    def keep(self, block_hash: int) -> None:
+        self.hashes[block_hash] = None
+        self.hashes.move_to_end(block_hash)
+        self.stored_blocks += 1
+        if len(self.hashes) > self.num_blocks:
+            self.hashes.popitem(last=False)
 
 
 class BlockManager:
     __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
-                 "_tokens", "hits_tokens", "_sharing")
+                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded")
 
-    def __init__(self, num_blocks: int, block_size: int):
+    def __init__(self, num_blocks: int, block_size: int, offload: OffloadTier | None = None):
         self.num_blocks = num_blocks
         self.block_size = block_size
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))   # pop() gives block 0 first
@@ -27,6 +52,8 @@ class BlockManager:
         self._tokens: dict[int, int] = {}                              # KV slots each request holds
         self.hits_tokens = 0
         self._sharing = False        # set once forks or prefix hashes exist; until then a fast path applies
+        self.offload = offload       # second prefix-cache tier, or None
+        self.last_loaded = 0         # blocks the last attach_prefix copied back from the offload tier
 
     # --- queries ---------------------------------------------------------------------------------
     @property
@@ -52,6 +79,8 @@ class BlockManager:
         if self._free:
             return self._free.pop()
         block, _ = self._cached.popitem(last=False)           # evict the least recently used prefix
+        if self.offload is not None:
+            self.offload.keep(self._hash[block])
         del self._by_hash[self._hash[block]]
         self._hash[block] = None
         return block
@@ -152,20 +181,35 @@ class BlockManager:
     # --- prefix caching --------------------------------------------------------------------------
     def attach_prefix(self, request_id: int, block_hashes) -> int:
         """For a request that holds no blocks yet: share every leading full block whose content hash is
-        cached or in use. Returns the number of prompt tokens whose KV is thereby already computed."""
+        cached or in use; with an offload tier, blocks found only there are copied back into fresh
+        device blocks (``last_loaded`` says how many). Returns the number of prompt tokens whose KV is
+        thereby already computed."""
         if self._tables.get(request_id):
             raise ValueError(f"request {request_id} already holds blocks")
         self._sharing = True
         table: list[int] = []
+        self._tables[request_id] = table
+        loaded = 0
+        tier = self.offload
         for h in block_hashes:
             block = self._by_hash.get(h)
-            if block is None:
+            if block is not None:
+                if self._ref[block] == 0:
+                    del self._cached[block]
+                self._ref[block] += 1
+            elif tier is not None and h in tier.hashes and self.num_free > 0:
+                block = self._take()
+                self._ref[block] = 1
+                self._hash[block] = h
+                self._by_hash[h] = block
+                tier.hashes.move_to_end(h)
+                loaded += 1
+            else:
                 break
-            if self._ref[block] == 0:
-                del self._cached[block]
-            self._ref[block] += 1
             table.append(block)
-        self._tables[request_id] = table
+        if tier is not None:
+            tier.loaded_blocks += loaded
+        self.last_loaded = loaded
         tokens = len(table) * self.block_size
         self._tokens[request_id] = tokens
         self.hits_tokens += tokens

@@ -123,6 +123,8 @@ class Replica:
             time_s = cost.time_s
             if step.transfer_s:                      # host copies the iteration waits for
                 time_s += step.transfer_s
+            if step.extra is not None:               # work outside the batch shape (a draft model)
+                time_s += step.extra.time_s
             if len(sched.waiting) > stats.peak_waiting:
                 stats.peak_waiting = len(sched.waiting)
             used = sched.kv.num_used
@@ -142,6 +144,9 @@ class Replica:
                 stats.transfer_s += step.transfer_s
             stats.flops += cost.flops
             stats.bytes += cost.bytes
+            if step.extra is not None:
+                stats.flops += step.extra.flops
+                stats.bytes += step.extra.bytes
             stats.tokens += step.shape.num_tokens
             stats.sum_batch_seqs += step.shape.num_seqs
             stats.padding_tokens += step.padding_tokens

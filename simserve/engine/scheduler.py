@@ -25,6 +25,7 @@ from pydantic import Field
 
 from ..config.base import Frozen
 from ..cost.batch import BatchAccumulator, BatchShape
+from ..cost.step import StepCost
 from .kv import BlockManager
 from .request import Request
 from .swap import HostSwap
@@ -56,7 +57,10 @@ class Step:
     when the policy still computes them).
 
     ``transfer_s``: seconds of copies between device and host memory (swapped KV) that the iteration
-    waits for on top of its compute; the replica adds it to the step time."""
+    waits for on top of its compute; the replica adds it to the step time.
+
+    ``extra``: work the iteration runs outside ``shape`` on the same devices (a speculative draft
+    model), costed by the policy; the replica adds its time, FLOPs and bytes to the step's."""
 
     requests: list[Request]
     new_tokens: list[int]
@@ -65,6 +69,7 @@ class Step:
     padding_tokens: int = 0
     idle_slots: int = 0
     transfer_s: float = 0.0
+    extra: StepCost | None = None
 
 
 class ItlRecorder:
@@ -90,6 +95,7 @@ class Scheduler:
         self.kv = kv
         self.swap = swap                          # host memory for preemption by swap; None: recompute
         self.pending_transfer_s = 0.0             # host copies made while scheduling, not yet charged
+        self._offload_copy_s = 0.0
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}     # admission order, steady and active alike
         self.active: list[Request] = []           # running requests that are not steady, in order
@@ -119,6 +125,12 @@ class Scheduler:
         next arrival. A scheduler that returns None with requests waiting must return a time here."""
         return None
 
+    def bind(self, step_cost, cost_of, rng) -> None:
+        """Hook: called once by the cluster after construction with the replica's step-time model
+        (``step_cost(shape) -> StepCost``), a factory of step-time models of another model on the same
+        devices (``cost_of(ModelSpec)``), and a random generator of this replica's own, derived from the
+        scenario's seed. The default ignores them."""
+
     # --- queue -----------------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         """A request routed to this replica joins the waiting queue."""
@@ -137,6 +149,9 @@ class Scheduler:
         usable = (req.num_tokens - 1) // self.kv.block_size
         cached = self.kv.attach_prefix(req.id, req.block_hashes[:usable])
         req.num_computed = cached
+        if self.kv.last_loaded:                   # copied back from the offload tier: charged to this step
+            self._offload_copy_s = self.kv.offload.copy_s(self.kv.last_loaded)
+            self.pending_transfer_s += self._offload_copy_s
         return cached
 
     def detach_cached_prefix(self, req: Request, cached: int) -> None:
@@ -145,6 +160,9 @@ class Scheduler:
             self.kv.free(req.id)
             self.kv.hits_tokens -= cached
             req.num_computed -= cached
+            if self.kv.last_loaded:               # the copies stay on the device as cached blocks
+                self.pending_transfer_s -= self._offload_copy_s
+                self.kv.last_loaded = 0
 
     def admit(self, req: Request) -> None:
         """Move the head of the waiting queue into the running set (the caller allocated its KV). A

@@ -10,7 +10,7 @@ from .. import policies, workload
 from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
-from .kv import BlockManager
+from .kv import BlockManager, OffloadTier
 from .prefix import shared_block_hashes, trace_block_hashes
 from .scheduler import ItlRecorder
 from .swap import HostSwap
@@ -45,16 +45,22 @@ class Cluster:
         self.requests: list[Request] = []
         self.num_done = 0
         self.done = self.env.event()
-        base_cost = policies.COST_MODELS.impl(cfg.cost_model.kind)(
-            cfg.cost_model, resolved.model, resolved.hardware, resolved.precision, cfg.deployment.tensor_parallel)
-        cost = base_cost if step_scale == 1.0 else _scaled(base_cost, step_scale)
+
+        def cost_of(model):
+            """The scenario's step-time model for ``model`` on this deployment's devices."""
+            fn = policies.COST_MODELS.impl(cfg.cost_model.kind)(
+                cfg.cost_model, model, resolved.hardware, resolved.precision, cfg.deployment.tensor_parallel,
+                **resolved.expert_parallelism)
+            return fn if step_scale == 1.0 else _scaled(fn, step_scale)
+
+        cost = cost_of(resolved.model)
         sched_cls = policies.SCHEDULERS.impl(cfg.scheduler.policy)
         plan = resolved.memory
         timeout_s = cfg.admission.request_timeout_s
         swap = getattr(cfg.scheduler, "preemption", "recompute") == "swap"
 
         def scheduler():
-            kv = BlockManager(plan.num_blocks, plan.block_size)
+            kv = BlockManager(plan.num_blocks, plan.block_size, offload_tier(resolved))
             return sched_cls(cfg.scheduler, kv, swap=host_swap(resolved)) if swap else sched_cls(cfg.scheduler, kv)
 
         self.replicas = [
@@ -62,6 +68,9 @@ class Cluster:
                     timeout_s)
             for i in range(cfg.deployment.replicas)
         ]
+        for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
+            if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
+                rep.scheduler.bind(cost, cost_of, sched_rng)
         self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
         self.kv_capacity_tokens = plan.num_blocks * plan.block_size
         self.max_queue = cfg.admission.max_queue
@@ -201,6 +210,13 @@ def host_swap(resolved: Resolved) -> HostSwap:
                     link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6)
 
 
+def scheduler_rngs(seed: int, num_replicas: int) -> list[np.random.Generator]:
+    """One generator per replica's scheduler (speculative acceptance draws): the third stream spawned
+    from the scenario's seed, after the workload's and the failures' (``run``), split per replica."""
+    stream = np.random.SeedSequence(seed).spawn(3)[2]
+    return [np.random.default_rng(s) for s in stream.spawn(num_replicas)]
+
+
 def _scaled(cost_fn, factor: float):
     """Step times multiplied by ``factor`` (error bands)."""
     from ..cost.step import StepCost
@@ -209,6 +225,18 @@ def _scaled(cost_fn, factor: float):
         c = cost_fn(shape)
         return StepCost(c.time_s * factor, c.bound, c.flops, c.bytes)
     return scaled
+
+
+def offload_tier(resolved: Resolved) -> OffloadTier | None:
+    """The second prefix-cache tier of one replica's device, sized in KV blocks, or None."""
+    cfg = resolved.config.kv_cache.offload
+    if cfg is None:
+        return None
+    link = resolved.hardware.host_link
+    block_bytes = resolved.memory.kv_bytes_per_token * resolved.memory.block_size
+    bandwidth = (cfg.bandwidth_gb_s if cfg.bandwidth_gb_s is not None else link.bandwidth_gb_s) * 1e9
+    latency = (cfg.latency_us if cfg.latency_us is not None else link.latency_us) * 1e-6
+    return OffloadTier(int(cfg.capacity_gb * 1e9 // block_bytes), block_bytes, bandwidth, latency)
 
 
 def run(resolved: Resolved, step_scale: float = 1.0) -> RunRecord:

@@ -34,18 +34,18 @@ class LinearParams(Frozen):
 
 
 @COST_MODELS.register(RooflineParams)
-def roofline(params, model, hw, precision, tp):
+def roofline(params, model, hw, precision, tp, ep=1, moe_load_imbalance=1.0):
     """Operator-level roofline with the hardware profile's (calibrated) efficiencies."""
-    return RooflineStep(model, hw, precision, tp)
+    return RooflineStep(model, hw, precision, tp, ep, moe_load_imbalance)
 
 
 @COST_MODELS.register(ConstantParams)
-def constant(params, model, hw, precision, tp):
+def constant(params, model, hw, precision, tp, **expert_parallelism):
     """Every iteration takes step_s (exact timelines in tests)."""
     return ConstantStep(params.step_s)
 
 
 @COST_MODELS.register(LinearParams)
-def linear(params, model, hw, precision, tp):
+def linear(params, model, hw, precision, tp, **expert_parallelism):
     """base_s + per_token_s * tokens + per_seq_s * sequences."""
     return LinearStep(params.base_s, params.per_token_s, params.per_seq_s)
