@@ -29,8 +29,8 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
     arrival = np.fromiter((r.arrival_s for r in rows), float, n)
     first = np.fromiter((r.first_token_s for r in rows), float, n)
     finish = np.fromiter((r.finish_s for r in rows), float, n)
-    gen = np.fromiter((r.num_generated for r in rows), np.int64, n)
-    out = np.fromiter((r.output_tokens for r in rows), np.int64, n)
+    gen = np.fromiter((r.total_generated for r in rows), np.int64, n)
+    out = np.fromiter((r.output_tokens * r.n for r in rows), np.int64, n)   # all n sequences (vLLM bench)
     first = np.where(first >= 0, first, np.nan)
     finish = np.where(finish >= 0, finish, np.nan)
     ttft = (first - arrival) * 1e3
@@ -152,6 +152,8 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
     s.update(_utilisation(resolved, rec))
     s["stability"] = stability(rec)
     s["failures"] = _failures(rec, done)
+    if rec.disaggregation is not None:
+        s["disaggregation"] = _disaggregation(rec.disaggregation)
     s.update(_cost(resolved, rec, in_tok, out_tok))
     s["memory_per_device"] = {k: (_f(v) if isinstance(v, float) else v) for k, v in resolved.memory.as_dict().items()}
     return s
@@ -214,14 +216,26 @@ def _swap(rec: RunRecord) -> dict:
 
 
 def _prefix_cache(rec: RunRecord) -> dict:
-    """Prompt tokens found in the prefix cache when requests were admitted (0 when caching is off)."""
-    hits = sum(getattr(r.scheduler, "prefix_hit_tokens", 0) for r in rec.replicas)
-    admitted = sum(getattr(r.scheduler, "admitted_prompt_tokens", 0) for r in rec.replicas)
+    """Prompt tokens found in the prefix cache when requests were admitted (0 when caching is off). With
+    disaggregation only the prefill pool's admissions count (the decode pool receives computed KV)."""
+    reps = rec.replicas if rec.disaggregation is None else rec.replicas[:rec.disaggregation["prefill_replicas"]]
+    hits = sum(getattr(r.scheduler, "prefix_hit_tokens", 0) for r in reps)
+    admitted = sum(getattr(r.scheduler, "admitted_prompt_tokens", 0) for r in reps)
     tiers = [r.scheduler.kv.offload for r in rec.replicas if r.scheduler.kv.offload is not None]
     return {"hit_tokens": hits, "admitted_tokens": admitted,
             "hit_rate": _f(hits / admitted) if admitted else None,
             "offload_stored_blocks": sum(t.stored_blocks for t in tiers),
             "offload_loaded_blocks": sum(t.loaded_blocks for t in tiers)}
+
+
+def _disaggregation(stats: dict) -> dict:
+    """Prefill/decode pools and the prompt KV sent between them."""
+    n = stats["kv_transfers"]
+    return {"prefill_replicas": stats["prefill_replicas"], "decode_replicas": stats["decode_replicas"],
+            "link": stats["link"], "kv_transfers": n, "kv_transfer_tokens": stats["kv_transfer_tokens"],
+            "kv_transfer_bytes_per_device": _f(stats["kv_transfer_bytes_per_device"]),
+            "kv_transfer_s": _f(stats["kv_transfer_s"]),
+            "mean_kv_transfer_ms": _f(stats["kv_transfer_s"] / n * 1e3) if n else None}
 
 
 UNSTABLE_GROWTH = 0.05

@@ -30,6 +30,20 @@ class PrecisionConfig(Frozen):
     kv_cache: KVDtype = Field("bf16", description="Storage dtype of the KV cache")
 
 
+class DisaggregationConfig(Frozen):
+    """Separate prefill and decode pools (Splitwise/DistServe): prompts run on one, decodes on the other,
+    and each request's prompt KV crosses ``link`` in between."""
+
+    prefill_replicas: int = Field(ge=1, description="Replicas that run prompts and sample the first token")
+    decode_replicas: int = Field(ge=1, description="Replicas that receive the prompt KV and generate the other tokens")
+    link: Literal["intra_node", "inter_node"] = Field(
+        "inter_node", description="The hardware's interconnect link the KV is sent over")
+    prefill_router: policies.ROUTERS.union() | None = Field(
+        None, description="How arrivals are spread over the prefill pool; default: deployment.router")
+    decode_router: policies.ROUTERS.union() | None = Field(
+        None, description="How prefilled requests are spread over the decode pool; default: deployment.router")
+
+
 class DeploymentConfig(Frozen):
     tensor_parallel: int = Field(1, ge=1, description="Devices per replica sharing every layer")
     expert_parallel: int = Field(
@@ -42,6 +56,8 @@ class DeploymentConfig(Frozen):
     replicas: int = Field(1, ge=1, description="Identical copies of the model behind the router")
     router: policies.ROUTERS.union() = Field(default_factory=lambda: policies.ROUTERS.default("round_robin"),
                                               description="How requests are spread over replicas")
+    disaggregation: DisaggregationConfig | None = Field(
+        None, description="Prefill and decode on separate replicas; replicas is then their sum")
 
 
 class OffloadConfig(Frozen):
@@ -70,6 +86,12 @@ class SLOConfig(Frozen):
     e2el_ms: float | None = Field(None, gt=0, description="End-to-end latency bound, ms")
 
 
+class SamplingConfig(Frozen):
+    """Output sequences per request (vLLM ``SamplingParams.n``); beam search is not modelled."""
+
+    n: int = Field(1, ge=1, le=1024, description="Parallel sampling: output sequences per request, sharing the prompt's KV (continuous scheduler only)")
+
+
 class RunConfig(Frozen):
     max_duration_s: float | None = Field(None, gt=0, description="Stop the clock here; requests still in flight are 'unfinished'")
 
@@ -89,6 +111,7 @@ class Scenario(Frozen):
     cost_model: policies.COST_MODELS.union() = Field(default_factory=lambda: policies.COST_MODELS.default("roofline"))
     pricing: str = Field("on_demand", description="Pricing model of the hardware profile")
     run: RunConfig = Field(default_factory=RunConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     admission: AdmissionConfig = Field(default_factory=AdmissionConfig)
     failures: FailuresConfig = Field(default_factory=FailuresConfig)
 
@@ -162,6 +185,7 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
     if cfg.pricing not in hw.pricing:
         raise ScenarioError("pricing", f"unknown pricing model '{cfg.pricing}' for {hw.name}; known: "
                             + ", ".join(sorted(hw.pricing)))
+    cfg = check_disaggregation(cfg)
     tp = cfg.deployment.tensor_parallel
     for i, event in enumerate(cfg.failures.events):
         if event.replica >= cfg.deployment.replicas:
@@ -185,6 +209,10 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
                             f"{sched.max_num_batched_tokens}; set scheduler.max_model_len or enable chunked prefill")
     if cfg.kv_cache.offload is not None and not cfg.kv_cache.enable_prefix_caching:
         raise ScenarioError("kv_cache.offload", "is a tier of the prefix cache: set kv_cache.enable_prefix_caching: true")
+    if cfg.sampling.n > 1 and sched.policy != "continuous":
+        raise ScenarioError("sampling.n", f"> 1 is supported by the continuous scheduler only, not '{sched.policy}'")
+    if cfg.sampling.n > 1 and getattr(cfg.deployment, "disaggregation", None) is not None:
+        raise ScenarioError("sampling.n", "> 1 is not modelled with deployment.disaggregation")
     if cfg.kv_cache.enable_prefix_caching and sched.policy != "continuous":
         raise ScenarioError("kv_cache.enable_prefix_caching", f"is supported by the continuous scheduler only, not '{sched.policy}'")
     if cfg.kv_cache.enable_prefix_caching and cfg.kv_cache.layout != "paged":
@@ -195,6 +223,27 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
                        sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size,
                        cfg.kv_cache.layout, max_len, cfg.deployment.moe_load_imbalance)
     return Resolved(cfg, model, hw, precision, plan, max_len, base_dir)
+
+
+def check_disaggregation(cfg: Scenario) -> Scenario:
+    """With ``deployment.disaggregation`` the replicas are the two pools: ``deployment.replicas`` is left
+    unset (filled in with their sum) or equals it. Failures and request-level batching are not supported
+    with it yet."""
+    dep = cfg.deployment
+    dis = dep.disaggregation
+    if dis is None:
+        return cfg
+    total = dis.prefill_replicas + dis.decode_replicas
+    if "replicas" in dep.model_fields_set and dep.replicas != total:
+        raise ScenarioError("deployment.replicas",
+                            f"must be unset or prefill_replicas + decode_replicas ({total}) with "
+                            f"deployment.disaggregation, got {dep.replicas}")
+    if cfg.failures.enabled:
+        raise ScenarioError("failures", "are not supported with deployment.disaggregation yet")
+    if cfg.scheduler.policy not in ("continuous", "speculative"):
+        raise ScenarioError("deployment.disaggregation",
+                            f"needs an iteration-level scheduler (continuous or speculative), not '{cfg.scheduler.policy}'")
+    return cfg.model_copy(update={"deployment": dep.model_copy(update={"replicas": total})})
 
 
 def check_expert_parallel(dep: DeploymentConfig, model: ModelSpec) -> None:

@@ -14,6 +14,12 @@ handled one by one. A tick is an iteration in which the steady decoders advance.
 Preemption is by recompute, or by swap when the scheduler is given a :class:`HostSwap`: the victim's KV
 is copied to host memory and back on readmission, and the copy times are charged to the iteration in
 which they happen (``Step.transfer_s``).
+
+Parallel sampling (``Request.n > 1``): a request that samples its first token forks into ``n`` sequences
+sharing its KV blocks (:meth:`BlockManager.fork`). Every sequence of the group gets a block-due event at
+its first tick, so the shared, partly filled last block is copied on write before anyone appends. From
+then on each sequence is a running request of its own (preempted, recomputed or swapped alone); the
+parent is reported finished when its last sequence finishes.
 """
 from __future__ import annotations
 
@@ -108,6 +114,7 @@ class Scheduler:
         self._block_due: dict[int, list] = {}     # tick -> [(request, version)] needing a block then
         self._finish_due: dict[int, list] = {}    # tick -> [(request, version)] finishing in that tick
         self._admitted = 0
+        self._next_child_id = -1                  # forked sequences take negative ids (never routed)
         self.prefix_hit_tokens = 0                # prompt tokens reused from the prefix cache at admission
         self.admitted_prompt_tokens = 0           # tokens (prompt + generated) of every admission
         self.now = 0.0                            # simulated time, set by the replica before schedule()
@@ -180,8 +187,9 @@ class Scheduler:
         self.active.append(req)
 
     # --- steady decoders -------------------------------------------------------------------------
-    def _freeze(self, req: Request) -> None:
-        """``req`` has caught up and sampled: from the next tick on it decodes one token per tick."""
+    def _freeze(self, req: Request, shared_tail: bool = False) -> None:
+        """``req`` has caught up and sampled: from the next tick on it decodes one token per tick.
+        ``shared_tail``: its last block may be shared (just forked), so it needs a block event at once."""
         req.steady = True
         req.version += 1
         req.k0, req.c0, req.g0 = self.tick, req.num_computed, req.num_generated
@@ -194,11 +202,11 @@ class Scheduler:
             self._finish_due[finish] = [(req, req.version)]
         else:
             due.append((req, req.version))
-        self._push_block_due(req, finish)
+        self._push_block_due(req, finish, shared_tail)
 
-    def _push_block_due(self, req: Request, finish_tick: int) -> None:
+    def _push_block_due(self, req: Request, finish_tick: int, now: bool = False) -> None:
         # at tick t the decoder needs c0 + (t - k0) + 1 slots; its blocks hold held * block_size
-        tick = req.k0 + self.kv.num_held(req.id) * self.kv.block_size - req.c0
+        tick = req.k0 if now else req.k0 + self.kv.num_held(req.id) * self.kv.block_size - req.c0
         if tick <= finish_tick:
             if tick < self.tick:
                 tick = self.tick
@@ -382,15 +390,56 @@ class Scheduler:
                 itl.add(now - req.last_token_s)
             req.last_token_s = now
             self.active.remove(req)
+            forked = req.n > 1 and not req.seqs_left and req.parent is None and self._fork(req, now)
             if req.num_generated >= req.output_tokens:
                 req.finish_s = now
                 finished.append(req)
             else:
-                self._freeze(req)
+                self._freeze(req, forked)
         for req in finished:
             del self.running[req.id]
             self.kv.free(req.id)
+        if self._next_child_id != -1:            # some request forked: report groups, not sequences
+            finished = self._completed(finished, now)
         return finished
+
+    # --- parallel sampling -----------------------------------------------------------------------
+    def _fork(self, req: Request, now: float) -> bool:
+        """``req`` sampled its first tokens: fork it into ``req.n`` sequences sharing its blocks (no
+        children when that token was its last). Returns whether it forked."""
+        if req.num_generated >= req.output_tokens:
+            req.seqs_left = 1                     # every sequence sampled its only token at once
+            return False
+        req.seqs_left = req.n
+        for _ in range(req.n - 1):
+            child = Request(self._next_child_id, req.arrival_s, req.prompt_tokens, req.output_tokens)
+            self._next_child_id -= 1
+            child.parent, child.replica, child.block_hashes = req, req.replica, req.block_hashes
+            child.num_computed, child.num_generated = req.num_computed, req.num_generated
+            child.first_token_s = child.last_token_s = now
+            self.kv.fork(req.id, child.id)
+            self._admitted += 1
+            child.seq = self._admitted
+            self.running[child.id] = child
+            req.children.append(child)
+            self._freeze(child, True)
+        return True
+
+    def _completed(self, finished: list[Request], now: float) -> list[Request]:
+        """The requests whose every sequence has finished, among the sequences in ``finished``."""
+        done = []
+        for seq in finished:
+            head = seq.parent or seq
+            if head.n == 1:
+                done.append(head)
+                continue
+            head.seqs_left -= 1
+            if head.seqs_left == 0:
+                head.last_token_s = head.finish_s = now
+                done.append(head)
+            else:
+                head.finish_s = -1.0
+        return done
 
     # --- timeouts, failures and the end of a run -------------------------------------------------
     def discard(self, req: Request) -> None:
@@ -410,6 +459,15 @@ class Scheduler:
         for req in lost:
             self.kv.free(req.id)
             req.num_computed = 0
+        if self._next_child_id != -1:            # a forked group restarts whole: return parents only
+            heads = {}
+            for req in lost:
+                heads.setdefault(id(req.parent or req), req.parent or req)
+            lost = list(heads.values())
+            for req in lost:
+                if req.n > 1:
+                    req.children.clear()
+                    req.seqs_left = req.num_generated = 0
         self.running.clear()
         self.active.clear()
         self.waiting.clear()

@@ -10,6 +10,7 @@ from .. import policies, workload
 from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
+from .disaggregation import kv_transfer_s, transfer_link
 from .kv import BlockManager, OffloadTier
 from .prefix import shared_block_hashes, trace_block_hashes
 from .scheduler import ItlRecorder
@@ -30,6 +31,7 @@ class RunRecord:
     num_requests: int
     outstanding: np.ndarray          # (arrival time, requests in the system just after it) per arrival
     failure_stats: dict
+    disaggregation: dict | None = None   # pools and KV transfers (deployment.disaggregation), else None
 
 
 class Cluster:
@@ -63,15 +65,26 @@ class Cluster:
             kv = BlockManager(plan.num_blocks, plan.block_size, offload_tier(resolved))
             return sched_cls(cfg.scheduler, kv, swap=host_swap(resolved)) if swap else sched_cls(cfg.scheduler, kv)
 
+        dis = self.disaggregation = cfg.deployment.disaggregation
+        num_prefill = dis.prefill_replicas if dis is not None else 0
         self.replicas = [
-            Replica(self.env, i, scheduler(), cost, self.itl, self._finished, lambda r: self._reject(r, "timeout"),
-                    timeout_s)
+            Replica(self.env, i, scheduler(), cost, self.itl, self._prefilled if i < num_prefill else self._finished,
+                    lambda r: self._reject(r, "timeout"), timeout_s)
             for i in range(cfg.deployment.replicas)
         ]
         for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
             if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
                 rep.scheduler.bind(cost, cost_of, sched_rng)
-        self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
+        self._prefilling: dict[int, Request] = {}    # id -> request whose prompt stage is on the prefill pool
+        if dis is None:
+            self.pool, self.decode_pool = self.replicas, None
+            self.router = policies.ROUTERS.impl(cfg.deployment.router.policy)(cfg.deployment.router, len(self.replicas))
+        else:
+            self.pool, self.decode_pool = self.replicas[:num_prefill], self.replicas[num_prefill:]
+            self.router = _router(dis.prefill_router or cfg.deployment.router, len(self.pool))
+            self.decode_router = _router(dis.decode_router or cfg.deployment.router, len(self.decode_pool))
+            self.link = transfer_link(resolved.hardware, dis.link)
+            self.transfers = {"kv_transfers": 0, "kv_transfer_tokens": 0, "kv_transfer_s": 0.0}
         self.kv_capacity_tokens = plan.num_blocks * plan.block_size
         self.max_queue = cfg.admission.max_queue
         self.prefix_caching = cfg.kv_cache.enable_prefix_caching
@@ -84,20 +97,65 @@ class Cluster:
         self.requests.append(req)
         if req.prompt_tokens + req.output_tokens > self.resolved.max_model_len:
             self._reject(req, "exceeds_max_model_len")
-        elif req.max_kv_tokens > self.kv_capacity_tokens:
+        elif req.max_kv_blocks(self.resolved.memory.block_size) > self.resolved.memory.num_blocks:
             self._reject(req, "exceeds_kv_capacity")
-        else:
+        elif self.disaggregation is None:
             self._route(req)
+        else:
+            self._prefill(req)
         self.outstanding.append((self.env.now, len(self.requests) - self.num_done))
 
-    def _route(self, req: Request) -> None:
-        open_ = self.replicas if all(r.accepting for r in self.replicas) else [r for r in self.replicas if r.accepting]
+    def _route(self, req: Request, pool: list[Replica] | None = None, router=None) -> None:
+        """Send ``req`` to an open replica of ``pool`` chosen by ``router`` (default: the cluster's, or the
+        prefill pool's)."""
+        pool = self.pool if pool is None else pool
+        open_ = pool if all(r.accepting for r in pool) else [r for r in pool if r.accepting]
         if not open_:
             return self._reject(req, "no_replica_available")
-        target = open_[self.router.route(req, open_)]
+        target = open_[(self.router if router is None else router).route(req, open_)]
         if self.max_queue is not None and len(target.scheduler.waiting) >= self.max_queue:
             return self._reject(req, "queue_full")
         target.submit(req)
+
+    # --- prefill/decode disaggregation --------------------------------------------------------------
+    def _prefill(self, req: Request) -> None:
+        """The prompt stage runs on the prefill pool as a request of one output token with the same id;
+        ``req`` itself waits here until that stage finishes (:meth:`_prefilled`)."""
+        stage = Request(req.id, req.arrival_s, req.prompt_tokens, 1, req.prefix_hashes)
+        stage.block_hashes = req.block_hashes
+        self._prefilling[req.id] = req
+        self._route(stage)
+
+    def _prefilled(self, stage: Request) -> None:
+        """The first token is out (TTFT ends here) and the prefill replica has freed the KV: the prompt's KV
+        crosses the link, then the request joins a decode replica's queue with its prompt computed."""
+        req = self._prefilling.pop(stage.id)
+        req.first_token_s = req.last_token_s = stage.first_token_s
+        req.num_generated = 1
+        req.num_preemptions += stage.num_preemptions
+        req.replica = stage.replica
+        if req.output_tokens == 1:
+            req.finish_s = stage.finish_s
+            return self._finished(req)
+        self.env.process(self._transfer(req))
+
+    def _transfer(self, req: Request):
+        plan, hw = self.resolved.memory, self.resolved.hardware
+        time_s = kv_transfer_s(req.prompt_tokens, plan.kv_bytes_per_token, self.link, hw.efficiency.send_recv)
+        self.transfers["kv_transfers"] += 1
+        self.transfers["kv_transfer_tokens"] += req.prompt_tokens
+        self.transfers["kv_transfer_s"] += time_s
+        yield self.env.timeout(time_s)
+        req.num_computed = req.prompt_tokens
+        req.block_hashes = None          # the decode pool receives KV, it does not look it up
+        self._route(req, self.decode_pool, self.decode_router)
+
+    def disaggregation_stats(self) -> dict | None:
+        if self.disaggregation is None:
+            return None
+        dis, t = self.disaggregation, self.transfers
+        return {"prefill_replicas": dis.prefill_replicas, "decode_replicas": dis.decode_replicas, "link": dis.link,
+                **t, "kv_transfer_bytes_per_device": t["kv_transfer_tokens"] * self.resolved.memory.kv_bytes_per_token}
 
     # --- failures --------------------------------------------------------------------------------
     def fail(self, replica: Replica, cause: str) -> None:
@@ -116,6 +174,9 @@ class Cluster:
         replica.repair()
 
     def _reject(self, req: Request, reason: str) -> None:
+        if self._prefilling:             # a prompt stage rejected on the prefill pool: its request is
+            stage, req = req, self._prefilling.pop(req.id, req)
+            req.replica = stage.replica
         req.outcome, req.reason = REJECTED, reason
         self._count(req)
 
@@ -134,7 +195,7 @@ class Cluster:
     def _new(self, i: int) -> Request:
         s = self.specs
         hashes = s.prefix_hashes[i] if s.prefix_hashes is not None else None
-        req = Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes)
+        req = Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes, self.resolved.config.sampling.n)
         if self.prefix_caching:
             bs = self.resolved.memory.block_size
             if hashes is not None:
@@ -198,7 +259,12 @@ class Cluster:
                 rep.stats.down_s += env.now - rep._down_since
         return RunRecord(self.requests, np.frombuffer(self.itl.values, dtype=float),
                          np.frombuffer(self.itl.counts, dtype=np.int64), self.replicas, env.now, len(self.specs),
-                         np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats))
+                         np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats),
+                         self.disaggregation_stats())
+
+
+def _router(params, num_replicas: int):
+    return policies.ROUTERS.impl(params.policy)(params, num_replicas)
 
 
 def host_swap(resolved: Resolved) -> HostSwap:
