@@ -17,10 +17,6 @@ from .errors import ScenarioError
 
 Dtype = Literal["fp32", "tf32", "fp16", "bf16", "fp8", "int8", "fp4", "int4"]
 
-DTYPE_BYTES: dict[str, float] = {
-    "fp32": 4.0, "tf32": 4.0, "fp16": 2.0, "bf16": 2.0, "fp8": 1.0, "int8": 1.0, "fp4": 0.5, "int4": 0.5,
-}
-
 
 class Memory(Frozen):
     capacity_gb: float = Field(gt=0, le=1e6, description="Device memory (HBM/GDDR) in 1e9 bytes")

@@ -85,7 +85,6 @@ class Cluster:
             self.decode_router = _router(dis.decode_router or cfg.deployment.router, len(self.decode_pool))
             self.link = transfer_link(resolved.hardware, dis.link)
             self.transfers = {"kv_transfers": 0, "kv_transfer_tokens": 0, "kv_transfer_s": 0.0}
-        self.kv_capacity_tokens = plan.num_blocks * plan.block_size
         self.max_queue = cfg.admission.max_queue
         self.prefix_caching = cfg.kv_cache.enable_prefix_caching
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
