@@ -307,14 +307,22 @@ class Scheduler:
         for req in needers:
             if not req.steady:
                 continue                                  # preempted as a victim already
-            slots = req.c0 + (t - req.k0) + 1
-            while self.kv.allocate_slots(req.id, slots) is None:
-                preempted = True
-                if self.preempt_last() is req:
-                    break
-            else:
+            fits, evicted = self.allocate_or_preempt(req, req.c0 + (t - req.k0) + 1)
+            preempted |= evicted
+            if fits:
                 self._push_block_due(req, req.k0 + req.output_tokens - req.g0 - 1)
         return preempted
+
+    def allocate_or_preempt(self, req: Request, num_tokens: int) -> tuple[bool, bool]:
+        """KV for ``num_tokens`` slots of ``req``, preempting from the back of the running set while
+        blocks are short (vLLM's rule). Returns (whether ``req`` got them, whether anything was
+        preempted); ``req`` itself is the last victim possible."""
+        preempted = False
+        while self.kv.allocate_slots(req.id, num_tokens) is None:
+            preempted = True
+            if self.preempt_last() is req:
+                return False, True
+        return True, preempted
 
     def schedule_active(self, budget: int, reqs: list, news: list, acc: BatchAccumulator) -> tuple[int, bool]:
         """Active running requests in order take their next tokens from ``budget``, preempting from the
@@ -326,12 +334,8 @@ class Scheduler:
             if req.id not in self.running:
                 continue
             n = min(req.num_tokens - req.num_computed, budget)
-            fits = True
-            while self.kv.allocate_slots(req.id, req.num_computed + n) is None:
-                preempted = True
-                if self.preempt_last() is req:
-                    fits = False
-                    break
+            fits, evicted = self.allocate_or_preempt(req, req.num_computed + n)
+            preempted |= evicted
             if not fits:
                 break
             reqs.append(req)

@@ -121,12 +121,8 @@ class SpeculativeDecoding(ContinuousBatching):
             if todo == 1 and req.num_generated:
                 k = max(0, min(self.k, req.output_tokens - req.num_generated - 1, budget - 1))
             n = k + 1 if k else min(todo, budget)
-            fits = True
-            while self.kv.allocate_slots(req.id, c + n) is None:      # the lookahead: c + k + 1 slots
-                preempted = True
-                if self.preempt_last() is req:
-                    fits = False
-                    break
+            fits, evicted = self.allocate_or_preempt(req, c + n)       # the lookahead: c + k + 1 slots
+            preempted |= evicted
             if not fits:
                 break
             reqs.append(req)
