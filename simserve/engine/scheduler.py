@@ -324,6 +324,11 @@ class Scheduler:
                 return False, True
         return True, preempted
 
+    def tokens_for(self, req: Request, budget: int) -> int:
+        """Hook: the new tokens an active request computes this iteration (at least 1, at most
+        ``budget``); by default what it has left, capped by the budget."""
+        return min(req.num_tokens - req.num_computed, budget)
+
     def schedule_active(self, budget: int, reqs: list, news: list, acc: BatchAccumulator) -> tuple[int, bool]:
         """Active running requests in order take their next tokens from ``budget``, preempting from the
         back when KV runs out. Returns the budget left and whether it preempted."""
@@ -333,7 +338,7 @@ class Scheduler:
                 break
             if req.id not in self.running:
                 continue
-            n = min(req.num_tokens - req.num_computed, budget)
+            n = self.tokens_for(req, budget)
             fits, evicted = self.allocate_or_preempt(req, req.num_computed + n)
             preempted |= evicted
             if not fits:

@@ -8,20 +8,29 @@ batch never needs a block mid-flight and is never preempted.
 """
 from __future__ import annotations
 
+from pydantic import Field
+
 from ..cost.batch import BatchShape
 from ..engine.request import Request
-from ..engine.scheduler import Scheduler, Step
+from ..engine.scheduler import Scheduler, SchedulerParams, Step
+
+
+class RequestLevelParams(SchedulerParams):
+    """Limits shared by the request-level schedulers."""
+
+    max_wait_s: float = Field(0.1, ge=0, description="A partial batch starts this long after its oldest waiting request arrived, seconds")
 
 
 class RequestLevelBatching(Scheduler):
-    """Base of request-level schedulers. Subclasses set ``limit`` and ``max_wait_s`` and implement the
-    hooks ``rows``, ``kv_slots``, ``prefill_step`` and ``decode``."""
+    """Base of request-level schedulers. Subclasses set ``limit`` and implement the hooks ``rows``,
+    ``kv_slots``, ``prefill_step`` and ``decode``; ``max_wait_s`` comes from the params."""
 
     limit: int            # most requests in one batch
     max_wait_s: float     # a partial batch starts this long after its oldest request arrived
 
-    def __init__(self, params, kv):
+    def __init__(self, params: RequestLevelParams, kv):
         super().__init__(params, kv)
+        self.max_wait_s = params.max_wait_s
         self.num_rows = 0             # rows of the batch in flight (0 between batches)
         self.prompt_len = 0           # longest prompt of the batch in flight
         self._tick0 = 0               # the tick of the batch's first decode iteration

@@ -13,15 +13,14 @@ from pydantic import Field
 
 from ..cost.batch import BatchAccumulator
 from ..engine.request import Request
-from ..engine.scheduler import SchedulerParams, Step
-from ._request_level import RequestLevelBatching, prompt_len
+from ..engine.scheduler import Step
+from ._request_level import RequestLevelBatching, RequestLevelParams, prompt_len
 from .registry import SCHEDULERS
 
 
-class DynamicParams(SchedulerParams):
+class DynamicParams(RequestLevelParams):
     policy: Literal["dynamic"]
     max_batch_size: int = Field(8, ge=1, description="Most requests in one batch")
-    max_wait_s: float = Field(0.1, ge=0, description="A partial batch starts this long after its oldest waiting request arrived, seconds")
 
 
 @SCHEDULERS.register(DynamicParams)
@@ -31,7 +30,6 @@ class DynamicBatching(RequestLevelBatching):
     def __init__(self, params: DynamicParams, kv):
         super().__init__(params, kv)
         self.limit = params.max_batch_size
-        self.max_wait_s = params.max_wait_s
 
     def rows(self, num_requests: int) -> int:
         return num_requests

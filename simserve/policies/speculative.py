@@ -106,32 +106,18 @@ class SpeculativeDecoding(ContinuousBatching):
         self._drafts = {}
         return super().schedule()
 
-    def schedule_active(self, budget: int, reqs: list, news: list, acc: BatchAccumulator) -> tuple[int, bool]:
+    def tokens_for(self, req: Request, budget: int) -> int:
         """As the base class, but a decoding request (only its last sampled token left to compute) also
-        feeds up to k draft tokens: never past its last output token, nor past the token budget."""
-        preempted = False
-        for req in list(self.active):
-            if budget <= 0:
-                break
-            if req.id not in self.running:
-                continue
-            c = req.num_computed
-            todo = req.num_tokens - c
-            k = 0
-            if todo == 1 and req.num_generated:
-                k = max(0, min(self.k, req.output_tokens - req.num_generated - 1, budget - 1))
-            n = k + 1 if k else min(todo, budget)
-            fits, evicted = self.allocate_or_preempt(req, c + n)       # the lookahead: c + k + 1 slots
-            preempted |= evicted
-            if not fits:
-                break
-            reqs.append(req)
-            news.append(n)
-            acc.add(n, c)
-            if k:
-                self._drafts[req.id] = k
-            budget -= n
-        return budget, preempted
+        feeds up to k draft tokens: never past its last output token, nor past the token budget. The
+        draft count is noted for the step (a request that then fails to get KV is not in the step)."""
+        todo = req.num_tokens - req.num_computed
+        k = 0
+        if todo == 1 and req.num_generated:
+            k = max(0, min(self.k, req.output_tokens - req.num_generated - 1, budget - 1))
+        if not k:
+            return min(todo, budget)
+        self._drafts[req.id] = k
+        return k + 1                                  # the lookahead: c + k + 1 slots
 
     def make_step(self, reqs: list, news: list, acc: BatchAccumulator, steady: bool = True) -> Step | None:
         if not reqs:

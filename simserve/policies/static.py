@@ -14,15 +14,14 @@ from pydantic import Field
 
 from ..cost.batch import BatchShape
 from ..engine.request import Request
-from ..engine.scheduler import SchedulerParams, Step
-from ._request_level import RequestLevelBatching, padded_prefill, prompt_len
+from ..engine.scheduler import Step
+from ._request_level import RequestLevelBatching, RequestLevelParams, padded_prefill, prompt_len
 from .registry import SCHEDULERS
 
 
-class StaticParams(SchedulerParams):
+class StaticParams(RequestLevelParams):
     policy: Literal["static"]
     batch_size: int = Field(8, ge=1, description="Rows of every batch, computed whether filled or not")
-    max_wait_s: float = Field(0.1, ge=0, description="A partial batch starts this long after its oldest waiting request arrived, seconds")
 
 
 @SCHEDULERS.register(StaticParams)
@@ -32,7 +31,6 @@ class StaticBatching(RequestLevelBatching):
     def __init__(self, params: StaticParams, kv):
         super().__init__(params, kv)
         self.limit = params.batch_size
-        self.max_wait_s = params.max_wait_s
 
     def rows(self, num_requests: int) -> int:
         return self.params.batch_size
