@@ -92,7 +92,10 @@ class RooflineStep:
         self.kv_value_bytes = precision.kv_bytes_per_value(m.head_size)
         self.window = m.sliding_window
         self.step_overhead_s = hw.efficiency.step_overhead_us * 1e-6
-        self._cache: dict = {}
+        self._cache: dict = {}      # (T, logits) -> base
+        self._layers: dict = {}     # T -> the layers' sums
+        self._emb: dict = {}        # T -> embedding kernel
+        self._logits: dict = {}     # logits -> (final norm, LM head) kernels
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
@@ -204,30 +207,61 @@ class RooflineStep:
 
     def _base(self, T: int, logits: int) -> tuple:
         """Time per bound class, FLOPs and bytes of everything but attention, for ``T`` tokens and
-        ``logits`` sampled rows: all layers plus the embedding, final norm and LM head. Cached."""
+        ``logits`` sampled rows: all layers plus the embedding, final norm and LM head. Cached, and built
+        from two smaller caches (the layers' sums by ``T``, the head kernels by ``T`` and ``logits``) so
+        that a new (T, logits) pair costs three additions, in the order the full sum would make them."""
         key = (T, logits)
         base = self._cache.get(key)
         if base is not None:
             return base
-        totals = dict.fromkeys(BOUNDS, 0.0)
-        flops = bytes_ = 0.0
-        L = self.model.num_layers
-        head = self.head_ops(BatchShape(num_tokens=T, num_logits=logits))
-        for scale, group in ((L, self.linear_layer_ops(T)), (1, head)):
-            for _, op in group:
-                totals[op.bound] += scale * op.time_s
-                flops += scale * op.flops
-                if op.bound != ops.NETWORK:
-                    bytes_ += scale * op.bytes
+        layers = self._layers.get(T)
+        if layers is None:
+            if len(self._layers) >= CACHE_ENTRIES:
+                self._layers.clear()
+            layers = self._layers[T] = self._layer_sums(T)
+        (compute, memory, network, overhead), flops, bytes_ = layers
+        totals = {ops.COMPUTE: compute, ops.MEMORY: memory, ops.NETWORK: network, ops.OVERHEAD: overhead}
+        for op in self._head(T, logits):
+            totals[op.bound] += 1 * op.time_s
+            flops += 1 * op.flops
+            if op.bound != ops.NETWORK:
+                bytes_ += 1 * op.bytes
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
         base = self._cache[key] = (tuple(totals[k] for k in BOUNDS), flops, bytes_)
         return base
 
+    def _layer_sums(self, T: int) -> tuple:
+        totals = dict.fromkeys(BOUNDS, 0.0)
+        flops = bytes_ = 0.0
+        L = self.model.num_layers
+        for _, op in self.linear_layer_ops(T):
+            totals[op.bound] += L * op.time_s
+            flops += L * op.flops
+            if op.bound != ops.NETWORK:
+                bytes_ += L * op.bytes
+        return tuple(totals[k] for k in BOUNDS), flops, bytes_
+
+    def _head(self, T: int, logits: int) -> tuple:
+        """The embedding (by ``T``), final norm and LM head (by ``logits``) kernels, cached."""
+        emb = self._emb.get(T)
+        if emb is None:
+            emb = self._emb[T] = self.head_ops(BatchShape(num_tokens=T, num_logits=0))[0][1]
+        rest = self._logits.get(logits)
+        if rest is None:
+            rest = self._logits[logits] = tuple(op for _, op in self.head_ops(BatchShape(num_tokens=0, num_logits=logits))[1:])
+        return (emb, *rest)
+
     def step(self, b: BatchShape) -> StepCost:
         """Time of one iteration on this replica, and the bound class that took the most of it."""
         if b.num_tokens == 0:
             return StepCost(0.0, ops.OVERHEAD, 0.0, 0.0)
+        if not b.prefill_seqs and self.window is None:
+            return self.decode_cost(b.num_tokens, b.num_logits, b.decode_ctx)
+        return self.general_step(b)
+
+    def general_step(self, b: BatchShape) -> StepCost:
+        """:meth:`step` for any batch, through the named kernels of :meth:`_attention`."""
         (compute, memory, network, overhead), flops, bytes_ = self._base(b.num_tokens, b.num_logits)
         L = self.model.num_layers
         for op in self._attention(b):
@@ -239,6 +273,41 @@ class RooflineStep:
                 overhead += L * op.time_s
             flops += L * op.flops
             bytes_ += L * op.bytes
+        overhead += self.step_overhead_s
+        time_s = compute + memory + network + overhead
+        bound = max(zip((compute, memory, network, overhead), BOUNDS))[1]
+        return StepCost(time_s, bound, flops, bytes_)
+
+    def decode_cost(self, n: int, logits: int, ctx: int) -> StepCost:
+        """:meth:`step` of an iteration of ``n`` decoding sequences only (``ctx``: their keys read, the sum
+        of cached tokens plus one), without building the batch: the same operations in the same order,
+        so the same bits (a test holds the two equal). The hot path of long decode runs."""
+        if self.window is not None:
+            return self.step(BatchShape(n, n, logits, n, ctx))
+        (compute, memory, network, overhead), flops, bytes_ = self._base(n, logits)
+        d = self.model.head_size
+        fl = 4.0 * self.heads * d * ctx                                   # ops.decode_attention_flops
+        by = (2.0 * n * self.heads * d * self.prec.act_bytes              # ops.attention_bytes
+              + 2.0 * n * self.kv_heads * d * self.kv_value_bytes
+              + 2.0 * (ctx - n) * self.kv_heads * d * self.kv_value_bytes)
+        e = self.hw.efficiency.attention_decode
+        over = e.overhead_us * 1e-6 + n * self.kv_heads * e.unit_overhead_ns * 1e-9
+        compute_s = fl / (self.attn_flops_s * e.flops_fraction)          # ops._roofline
+        memory_s = by / (self.bw_bytes_s * e.bandwidth_fraction)
+        hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
+        if e.overlap_exponent is not None and hi > 0.0:
+            p = e.overlap_exponent
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        t = self.model.num_layers * (over + hi)
+        if over > hi:
+            overhead += t
+        elif compute_s >= memory_s:
+            compute += t
+        else:
+            memory += t
+        L = self.model.num_layers
+        flops += L * fl
+        bytes_ += L * by
         overhead += self.step_overhead_s
         time_s = compute + memory + network + overhead
         bound = max(zip((compute, memory, network, overhead), BOUNDS))[1]

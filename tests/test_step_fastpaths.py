@@ -1,0 +1,77 @@
+"""The step-time model's fast paths give the same bits as the straightforward computation.
+
+Speed work must not move a result: the decode-only path (:meth:`RooflineStep.decode_cost`) and the
+split caches behind ``_base`` are checked against sums written out here the plain way, on every
+bundled hardware profile and on dense, GQA, MoE (with expert parallelism) and sliding-window models.
+"""
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from simserve.cost import ops
+from simserve.cost.batch import BatchShape
+from simserve.cost.step import BOUNDS, Precision, RooflineStep
+from simserve.hardware import load_profile
+from simserve.model import load_model
+from simserve.resources import data_dir
+
+PROFILES = sorted(p.stem for p in data_dir("hardware_profiles").glob("*.yaml"))
+MODELS = [("llama-3.1-8b", 1, 1), ("llama-2-7b", 2, 1), ("mixtral-8x7b", 2, 2), ("mistral-7b", 1, 1)]
+
+
+def _steps():
+    out = []
+    for hw_name in PROFILES:
+        hw = load_profile(hw_name)
+        dtype = "bf16" if "bf16" in hw.peak_tflops else "fp16"
+        for model, tp, ep in MODELS:
+            out.append(RooflineStep(load_model(model), hw, Precision.of(dtype, dtype, dtype), tp, ep, 1.3))
+    return out
+
+
+STEPS = _steps()
+
+
+def plain_base(s: RooflineStep, T: int, logits: int) -> tuple:
+    """Every kernel but attention summed in one pass, the order the model has always used."""
+    totals = dict.fromkeys(BOUNDS, 0.0)
+    flops = bytes_ = 0.0
+    L = s.model.num_layers
+    head = s.head_ops(BatchShape(num_tokens=T, num_logits=logits))
+    for scale, group in ((L, s.linear_layer_ops(T)), (1, head)):
+        for _, op in group:
+            totals[op.bound] += scale * op.time_s
+            flops += scale * op.flops
+            if op.bound != ops.NETWORK:
+                bytes_ += scale * op.bytes
+    return tuple(totals[k] for k in BOUNDS), flops, bytes_
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(st.sampled_from(range(len(STEPS))), st.integers(1, 512), st.integers(0, 512), st.integers(0, 200_000))
+def test_decode_fast_path_matches_the_general_step(i, n, extra_logits, extra_ctx):
+    s = STEPS[i]
+    logits = min(n, extra_logits) if extra_logits else n
+    ctx = n + extra_ctx                          # every decoder has at least one cached token
+    fresh = RooflineStep(s.model, s.hw, s.prec, s.tp, s.ep, s.moe_load_imbalance)
+    general = fresh.general_step(BatchShape(n, n, logits, n, ctx))
+    assert s.decode_cost(n, logits, ctx) == general
+    assert s.step(BatchShape(n, n, logits, n, ctx)) == general
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@given(st.sampled_from(range(len(STEPS))), st.integers(1, 9000), st.integers(0, 300))
+def test_split_base_caches_match_one_pass(i, T, logits):
+    s = STEPS[i]
+    logits = min(T, logits)
+    assert s._base(T, logits) == plain_base(s, T, logits)
+    assert s._base(T, logits) == plain_base(s, T, logits)      # from the cache this time
+
+
+@pytest.mark.parametrize("i", range(0, len(STEPS), len(MODELS)))
+def test_sliding_window_models_take_the_general_path(i):
+    s = STEPS[i + 3]
+    assert s.model.sliding_window is not None
+    b = BatchShape(4, 4, 4, 4, 4 * 9000)
+    assert s.decode_cost(4, 4, 4 * 9000) == s.general_step(b)
