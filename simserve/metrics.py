@@ -89,6 +89,10 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, p: float) -> flo
 def _weighted_stats(name: str, values: np.ndarray, counts: np.ndarray) -> dict:
     if counts.sum() == 0:
         return _stats(name, np.array([]))
+    # records sorted by (value, count) first: the sums then depend only on the multiset of records, not
+    # on the order in which replicas happened to report them
+    order = np.lexsort((counts, values))
+    values, counts = values[order], counts[order]
     total = counts.sum()
     mean = float(np.dot(values, counts) / total)
     out = {f"mean_{name}_ms": _f(mean), f"median_{name}_ms": _f(weighted_percentile(values, counts, 50)),
