@@ -9,16 +9,24 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
+
 import simserve
 
 DATA = Path(__file__).resolve().parent / "data"
 
 
-def test_pinned_scenario_is_byte_identical():
-    result = simserve.simulate(DATA / "pinned.yaml")
+# scenario -> stem of its pin files
+PINNED = {"pinned": "pinned", "pinned_steady": "pinned_steady", "pinned_cut": "pinned_cut"}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_pinned_scenario_is_byte_identical(name):
+    result = simserve.simulate(DATA / f"{name}.yaml")
     summary, csv_hash = result.summary_json(), hashlib.sha256(result.requests_csv().encode()).hexdigest()
+    summary_file, hash_file = DATA / f"{PINNED[name]}_summary.json", DATA / f"{PINNED[name]}_requests.sha256"
     if os.environ.get("SIMSERVE_UPDATE_PINS") == "1":
-        (DATA / "pinned_summary.json").write_text(summary)
-        (DATA / "pinned_requests.sha256").write_text(csv_hash + "\n")
-    assert summary == (DATA / "pinned_summary.json").read_text()
-    assert csv_hash == (DATA / "pinned_requests.sha256").read_text().strip()
+        summary_file.write_text(summary)
+        hash_file.write_text(csv_hash + "\n")
+    assert summary == summary_file.read_text()
+    assert csv_hash == hash_file.read_text().strip()
