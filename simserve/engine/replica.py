@@ -5,18 +5,33 @@ per token. The step time is the cost model's plus any host copies the step waits
 When there is nothing to run the process sleeps on an event that the next arrival triggers, or until
 the time the scheduler asks to be woken at (``Scheduler.next_wake_s``, a batching timer).
 A failure interrupts the process; it sleeps until repaired.
+
+Fast-forward (``spans=True``): when the next iterations are *quiet* (only steady decoders, none
+finishing, KV blocks at hand: :meth:`Scheduler.quiet_ticks`), the replica works out their step times in
+one go and sleeps once until the last one ends. Nothing anybody can observe changes during a quiet
+iteration, so the per-iteration bookkeeping is done when the span ends. A request routed here meanwhile
+cuts the span short: it interrupts the process, which finishes the iteration in progress and
+schedules the newcomer at that iteration's end, exactly when the one-event-per-iteration loop would
+have (arrivals are urgent events, so one arriving at the very end of an iteration is seen by the next
+schedule either way). The cluster enables spans only where nothing else reads a replica mid-span.
 """
+
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from typing import Callable
 
 import simpy
 
+from ..cost.batch import BatchShape
 from ..cost.step import StepCost
 from .admission import expired
 from .request import Request
 from .scheduler import Scheduler
+
+SPAN_TICKS = 16          # most iterations fast-forwarded at once (also capped at one KV block size)
+ARRIVAL = "arrival"      # interrupt cause: a request was routed to a replica in the middle of a span
 
 
 class ReplicaStats:
@@ -49,7 +64,7 @@ class ReplicaStats:
 class Replica:
     def __init__(self, env: simpy.Environment, index: int, scheduler: Scheduler, step_cost: Callable,
                  itl_out, on_finish: Callable[[Request], None],
-                 on_timeout: Callable[[Request], None], timeout_s: float | None = None):
+                 on_timeout: Callable[[Request], None], timeout_s: float | None = None, spans: bool = False):
         self.env = env
         self.index = index
         self.scheduler = scheduler
@@ -65,6 +80,14 @@ class Replica:
         self._repaired: simpy.Event | None = None
         self._down_since = 0.0
         self._step_start = 0.0
+        self.spans = spans and getattr(scheduler, "fast_forward", False)
+        self.decode_cost = getattr(step_cost, "decode_cost", None) or (
+            lambda n, logits, ctx: step_cost(BatchShape(n, n, logits, n, ctx)))
+        self._span: tuple[list, list] | None = None     # (costs, end times) of a span being slept through
+        self._span_done = 0                              # of its iterations, those accounted for
+        self._span_started = 0                           # of its iterations, those whose start is
+        self._span_start = 0.0                           # when the span began
+        self._sleeping_span = False                      # asleep until a span's last iteration ends
         self.process = env.process(self.run())
 
     def submit(self, req: Request) -> None:
@@ -72,6 +95,9 @@ class Replica:
         self.scheduler.add(req)
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
+        elif self._sleeping_span:
+            self._sleeping_span = False
+            self.process.interrupt(ARRIVAL)
 
     def fail(self) -> list[Request]:
         """Stop now: the step in progress is lost, KV is dropped. Returns the requests it held."""
@@ -105,6 +131,11 @@ class Replica:
                     sched.discard(req)
                     self.on_timeout(req)
             sched.now = env.now
+            if self.spans:
+                ticks = sched.quiet_ticks(SPAN_TICKS)
+                if ticks > 1:
+                    yield from self._fast_forward(ticks)
+                    continue
             step = sched.schedule()
             if step is None:
                 wake_s = sched.next_wake_s()
@@ -154,6 +185,102 @@ class Replica:
             stats.bound_s[cost.bound] = stats.bound_s.get(cost.bound, 0.0) + time_s
             for req in sched.update(step, env.now, self.itl_out):
                 self.on_finish(req)
+
+
+    # --- fast-forward -----------------------------------------------------------------------------
+    def _fast_forward(self, ticks: int):
+        """Sleep through ``ticks`` quiet iterations (or until a request arrives) and account for them."""
+        env, sched = self.env, self.scheduler
+        n, ctx = sched.num_steady, sched.steady_ctx_plus_one()
+        cost_of = self.decode_cost
+        costs, ends = [], []
+        t = env.now
+        for _ in range(ticks):
+            cost = cost_of(n, n, ctx)
+            ctx += n
+            t = t + cost.time_s                  # what SimPy's clock shows after each iteration's timeout
+            costs.append(cost)
+            ends.append(t)
+        self._span, self._span_done, self._span_started = (costs, ends), 0, 0
+        self._span_start = env.now
+        self._sleeping_span = True
+        try:
+            yield _timeout_at(env, ends[-1])
+        except simpy.Interrupt as irq:
+            self._sleeping_span = False
+            in_progress = bisect_left(ends, env.now)
+            self._account(in_progress)
+            if irq.cause != ARRIVAL:             # a failure: the iteration in progress is lost
+                self._account_start(in_progress)
+                self._step_start = ends[in_progress - 1] if in_progress else self._span_start
+                self._span = None
+                raise
+            yield _timeout_at(env, ends[in_progress])
+            self._account(in_progress + 1)
+            self._span = None
+            return
+        self._sleeping_span = False
+        self._account(ticks)
+        self._span = None
+
+    def flush(self, now: float) -> None:
+        """The run stopped at ``now`` in the middle of a span: account for the iterations that ended by
+        then, and for the start of the one in progress (as the per-iteration loop would have)."""
+        if self._span is None:
+            return
+        ends = self._span[1]
+        done = bisect_right(ends, now)
+        self._account(done)
+        if done < len(ends):
+            self._account_start(done)
+        self._span = None
+
+    def _account_start(self, j: int) -> None:
+        """What the per-iteration loop records when iteration ``j`` of the span starts."""
+        if self._span_started > j:
+            return
+        sched, stats = self.scheduler, self.stats
+        sched.schedule_steady()                  # the iteration's KV blocks (quiet: always at hand)
+        used = sched.kv.num_used
+        stats.sum_kv_blocks += used
+        if used > stats.peak_kv_blocks:
+            stats.peak_kv_blocks = used
+        stats.sum_kv_tokens_used += sched.steady_ctx_plus_one()
+        running = len(sched.running)
+        stats.sum_running += running
+        if running > stats.peak_running:
+            stats.peak_running = running
+        self._span_started = j + 1
+
+    def _account(self, stop: int) -> None:
+        """Account for the span's iterations up to ``stop`` (exclusive), in order, start and end."""
+        costs, ends = self._span
+        sched, stats, itl = self.scheduler, self.stats, self.itl_out
+        bound_s = stats.bound_s
+        for j in range(self._span_done, stop):
+            self._account_start(j)
+            cost = costs[j]
+            n = sched.num_steady
+            time_s = cost.time_s
+            stats.iterations += 1
+            stats.busy_s += time_s
+            stats.flops += cost.flops
+            stats.bytes += cost.bytes
+            stats.tokens += n
+            stats.sum_batch_seqs += n
+            bound_s[cost.bound] = bound_s.get(cost.bound, 0.0) + time_s
+            sched.advance_tick(ends[j], itl, n)
+        if stop > self._span_done:
+            self._span_done = stop
+
+
+def _timeout_at(env: simpy.Environment, t: float) -> simpy.Timeout:
+    """A timeout that fires at exactly ``t`` (>= now): the delay whose sum with ``now`` rounds to ``t``."""
+    now = env.now
+    delay = t - now
+    while now + delay != t:
+        delay = math.nextafter(delay, math.inf if now + delay < t else -math.inf)
+    return env.timeout(delay)
 
 
 def _delay_until(now: float, t: float) -> float:

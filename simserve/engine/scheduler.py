@@ -94,7 +94,13 @@ class ItlRecorder:
 
 
 class Scheduler:
-    """Base class. Subclasses implement :meth:`schedule` with the helpers below."""
+    """Base class. Subclasses implement :meth:`schedule` with the helpers below.
+
+    ``fast_forward``: a policy whose ``schedule`` reduces to ``schedule_steady`` + ``decode_step`` when
+    nothing is active or waiting sets it, and the replica may then run such iterations in spans
+    (:meth:`quiet_ticks`)."""
+
+    fast_forward = False
 
     def __init__(self, params: SchedulerParams, kv: BlockManager, swap: HostSwap | None = None):
         self.params = params
@@ -229,6 +235,43 @@ class Scheduler:
         self._steady_sum -= req.c0 - req.k0
         if done == 0 and req in self._fresh:
             self._fresh.remove(req)
+
+    def quiet_ticks(self, limit: int) -> int:
+        """How many iterations from now on are *quiet* (at most ``limit``, at most one block size): only
+        steady decoders, none finishing, every KV block they need free without preemption or sharing,
+        so each iteration is ``schedule_steady`` + ``decode_step`` + :meth:`advance_tick` and nothing a
+        router or another replica can see changes. 0 when the next iteration is not quiet."""
+        if self.active or self.waiting or not self.num_steady or self.kv._sharing:
+            return 0
+        free = len(self.kv._free)
+        bd, fd = self._block_due, self._finish_due
+        t0 = self.tick
+        need = 0
+        for t in range(t0, t0 + min(limit, self.kv.block_size)):
+            fin = fd.get(t)
+            if fin is not None and any(v == r.version for r, v in fin):
+                return t - t0
+            due = bd.get(t)
+            if due is not None:
+                need += sum(1 for r, v in due if v == r.version)
+                if need > free:
+                    return t - t0
+        return min(limit, self.kv.block_size)
+
+    def advance_tick(self, now: float, itl: "ItlRecorder", num_steady: int) -> list:
+        """The tick of ``num_steady`` steady decoders ends at ``now``: each has sampled a token (one ITL
+        record for those not frozen since the last tick). Returns the (request, version) entries due to
+        finish in it."""
+        fresh = self._fresh
+        for req in fresh:
+            itl.add(now - req.last_token_s)
+        if num_steady > len(fresh):
+            itl.add(now - self.tick_end_s, num_steady - len(fresh))
+        fresh.clear()
+        t = self.tick
+        self.tick += 1
+        self.tick_end_s = now
+        return self._finish_due.pop(t, ())
 
     def steady_ctx_plus_one(self) -> int:
         """Sum over steady decoders of (cached tokens + 1) at the coming tick."""
@@ -372,16 +415,7 @@ class Scheduler:
         finished; their KV is freed and they leave the running set."""
         finished = []
         if step.num_steady:
-            fresh = self._fresh
-            for req in fresh:
-                itl.add(now - req.last_token_s)
-            if step.num_steady > len(fresh):
-                itl.add(now - self.tick_end_s, step.num_steady - len(fresh))
-            fresh.clear()
-            t = self.tick
-            self.tick += 1
-            self.tick_end_s = now
-            for req, version in self._finish_due.pop(t, ()):
+            for req, version in self.advance_tick(now, itl, step.num_steady):
                 if version == req.version:
                     self._thaw(req)
                     req.last_token_s = req.finish_s = now

@@ -67,9 +67,10 @@ class Cluster:
 
         dis = self.disaggregation = cfg.deployment.disaggregation
         num_prefill = dis.prefill_replicas if dis is not None else 0
+        spans = fast_forward_safe(resolved, specs)
         self.replicas = [
             Replica(self.env, i, scheduler(), cost, self.itl, self._prefilled if i < num_prefill else self._finished,
-                    lambda r: self._reject(r, "timeout"), timeout_s)
+                    lambda r: self._reject(r, "timeout"), timeout_s, spans)
             for i in range(cfg.deployment.replicas)
         ]
         for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
@@ -208,7 +209,7 @@ class Cluster:
         for i in range(len(arrivals)):
             t = float(arrivals[i])
             if t > env.now:
-                yield env.timeout(t - env.now)
+                yield Arrival(env, t - env.now)
             self.submit(self._new(i))
 
     def user(self, next_index: list[int]):
@@ -253,6 +254,7 @@ class Cluster:
                     req.outcome, req.reason = UNFINISHED, "not_arrived"
                     self.requests.append(req)
         for rep in self.replicas:
+            rep.flush(env.now)
             rep.scheduler.settle()
             if not rep.up:
                 rep.stats.down_s += env.now - rep._down_since
@@ -260,6 +262,31 @@ class Cluster:
                          np.frombuffer(self.itl.counts, dtype=np.int64), self.replicas, env.now, len(self.specs),
                          np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats),
                          self.disaggregation_stats())
+
+
+class Arrival(simpy.Event):
+    """A timeout with urgent priority: a request arriving at the very instant an iteration ends is in
+    the queue when the replica schedules the next one, whatever order the two events were created in."""
+
+    def __init__(self, env: simpy.Environment, delay: float):
+        super().__init__(env)
+        self._ok, self._value = True, None
+        env.schedule(self, simpy.events.URGENT, delay)
+
+
+# Routers that read nothing of a replica but its request counts, which a quiet iteration leaves alone.
+SPAN_SAFE_ROUTERS = frozenset({"round_robin", "least_outstanding"})
+
+
+def fast_forward_safe(resolved: Resolved, specs: RequestSpecs) -> bool:
+    """Whether replicas may sleep through spans of quiet iterations (see :mod:`.replica`): only when no
+    one looks inside a replica between its events. Failures interrupt replicas at any time, closed-loop
+    users and disaggregated pools submit at iteration ends, prefix caching and parallel sampling share
+    KV blocks, and a KV-reading router would see the span's bookkeeping late."""
+    cfg = resolved.config
+    return (not cfg.failures.enabled and specs.closed_loop_users is None and cfg.deployment.disaggregation is None
+            and not cfg.kv_cache.enable_prefix_caching and cfg.sampling.n == 1
+            and cfg.deployment.router.policy in SPAN_SAFE_ROUTERS)
 
 
 def _router(params, num_replicas: int):

@@ -25,6 +25,8 @@ class ContinuousParams(SchedulerParams):
 class ContinuousBatching(Scheduler):
     """Iteration-level batching with optional chunked prefill, preemption by recompute or swap."""
 
+    fast_forward = True           # with nothing active or waiting, schedule() is a steady decode step
+
     def schedule(self) -> Step | None:
         step = self._schedule()
         if self.pending_transfer_s:
