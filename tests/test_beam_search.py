@@ -20,19 +20,18 @@ from conftest import run_tiny, timeline
 
 
 class Scripted:
-    """A stand-in generator: every beam redraws its parent (``random`` < reshuffle) and the parents are
-    the next list of ``script``."""
+    """A stand-in generator for ``BeamSearch``, which draws 2 m uniforms per group of m beams: the first m
+    say whether each beam redraws its parent (here all do), the others pick the parent (here the next list
+    of ``script``)."""
 
     def __init__(self, script):
         self.script = list(script)
 
-    def random(self, m):
-        return np.zeros(m)
-
-    def integers(self, low, high, size):
+    def random(self, size):
+        m = size // 2
         parents = self.script.pop(0)
-        assert len(parents) == size and all(low <= p < high for p in parents)
-        return np.array(parents)
+        assert len(parents) == m and all(0 <= p < m for p in parents)
+        return np.array([0.0] * m + [(p + 0.5) / m for p in parents])
 
 
 def drive(rows, num_blocks, block_size, rng, reshuffle=1.0, budget=64, check=True, log=None):

@@ -72,9 +72,9 @@ class BeamSearch:
         m = len(beams)
         if m < 2 or self.reshuffle == 0.0:
             return
-        redraw = self.rng.random(m) < self.reshuffle
-        drawn = self.rng.integers(0, m, size=m)
-        parents = [int(d) if r else i for i, (r, d) in enumerate(zip(redraw, drawn))]
+        u = self.rng.random(2 * m).tolist()   # per beam: redraw or not, then which parent
+        r = self.reshuffle
+        parents = [int(u[m + i] * m) if u[i] < r else i for i in range(m)]
         # each parent keeps its own sequence for one child; the other children take the dead beams' slots
         kept = set(parents)
         dead = [i for i in range(m) if i not in kept]

@@ -185,19 +185,27 @@ class BlockManager:
         """Beam search: each ``(child, parent)`` in ``moves`` drops its blocks and shares the blocks the
         parent held before the call (no copy: a shared, partly filled last block is copied on the next
         write). Every sequence involved holds ``num_tokens`` KV slots. Sharing first and releasing after
-        keeps a block that one sequence gives up and another adopts from being freed in between."""
+        keeps a block that one sequence gives up and another adopts from being freed in between. Blocks
+        the two tables already share (a common prefix: a block holds one position of one history) keep
+        their counts, so the work is the length of the tables' differing tails."""
         self._sharing = True
-        old = {parent: self._tables[parent] for _, parent in moves}
-        gone = []
-        for child, parent in moves:
-            table = list(old[parent])
-            for block in table:
-                self._ref[block] += 1
-            gone.append(self._tables[child])
-            self._tables[child] = table
+        ref, tables, gone = self._ref, self._tables, []
+        for child, parent in moves:           # parents are never children: their tables stay as they are
+            new, old = tables[parent], tables[child]
+            lo, hi = 0, min(len(new), len(old))
+            while lo < hi:                    # first position where the tables differ
+                mid = (lo + hi) // 2
+                if new[mid] == old[mid]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for block in new[lo:]:
+                ref[block] += 1
+            gone.append(old[lo:])
+            tables[child] = list(new)
             self._tokens[child] = self._tokens[parent] = num_tokens
-        for table in gone:
-            for block in reversed(table):
+        for tail in gone:
+            for block in reversed(tail):
                 self._release(block)
 
     # --- prefix caching --------------------------------------------------------------------------
