@@ -232,7 +232,7 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
 def check_beam_search(cfg: Scenario) -> None:
     s = cfg.sampling
     if s.beam_width == 1:
-        if "beam_reshuffle" in s.model_fields_set:
+        if s.beam_reshuffle != 1.0:
             raise ScenarioError("sampling.beam_reshuffle", "applies to beam search only: set sampling.beam_width > 1")
         return
     if s.n > 1:
