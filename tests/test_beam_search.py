@@ -213,3 +213,18 @@ def test_random_cluster_runs_complete(rows, w, swap, caching):
         assert req.outcome == (COMPLETED if fits else REJECTED)
         if fits:
             assert req.total_generated == w * req.output_tokens and out == req.output_tokens
+
+
+def test_beams_that_never_swap_run_like_parallel_sampling():
+    # reshuffle 0 under KV pressure (preemptions) and the constant cost model: the same timeline as n = W
+    # parallel sampling; only the output-token count differs (one beam returned, not W samples)
+    rows = [(0.0, 6, 9), (0.0, 3, 12), (0.01, 9, 5), (0.02, 4, 10), (0.02, 5, 8)]
+    kw = dict(num_blocks=20, block_size=2, scheduler__max_num_batched_tokens=16)
+    beams = run_tiny(rows, sampling__beam_width=3, sampling__beam_reshuffle=0.0, **kw)
+    samples = run_tiny(rows, sampling__n=3, **kw)
+    assert timeline(beams) == timeline(samples)
+    assert all(r.outcome == COMPLETED for r in beams.requests)
+    assert sum(r.scheduler.num_preemptions for r in beams.replicas) > 0
+    b, s = requests_frame(beams), requests_frame(samples)
+    assert list(b.generated_tokens) == list(s.generated_tokens)
+    assert list(b.output_tokens * 3) == list(s.output_tokens)
