@@ -228,3 +228,16 @@ def test_beams_that_never_swap_run_like_parallel_sampling():
     b, s = requests_frame(beams), requests_frame(samples)
     assert list(b.generated_tokens) == list(s.generated_tokens)
     assert list(b.output_tokens * 3) == list(s.output_tokens)
+
+
+@pytest.mark.parametrize("w,r", [(4, 1.0), (4, 0.3), (2, 1.0), (8, 0.5)])
+def test_moves_closed_form(w, r):
+    # a beam dies when nobody picks it: its own parent is redrawn and is another beam (r (1 - 1/W)) and
+    # each of the W - 1 others keeps its parent or draws another (1 - r/W); expected moves per iteration
+    # W r (1 - 1/W) (1 - r/W)^(W - 1). With blocks of one token no block is ever partly filled: no copies.
+    o = 3000
+    done, _, sched = drive([(1, o, w)], w * o, 1, np.random.default_rng(7), reshuffle=r, check=False)
+    selections = o - 2                      # after every decode iteration but the last
+    expected = w * r * (1 - 1 / w) * (1 - r / w) ** (w - 1) * selections
+    assert sched.beams.num_moves == pytest.approx(expected, rel=0.05)
+    assert sched.kv.num_copied == 0
