@@ -30,7 +30,7 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
     first = np.fromiter((r.first_token_s for r in rows), float, n)
     finish = np.fromiter((r.finish_s for r in rows), float, n)
     gen = np.fromiter((r.total_generated for r in rows), np.int64, n)
-    out = np.fromiter((r.output_tokens * r.num_outputs for r in rows), np.int64, n)   # every returned sequence (vLLM bench)
+    out = np.fromiter((r.output_tokens * r.num_outputs for r in rows), np.int64, n)   # returned sequences (vLLM bench)
     first = np.where(first >= 0, first, np.nan)
     finish = np.where(finish >= 0, finish, np.nan)
     ttft = (first - arrival) * 1e3

@@ -18,12 +18,17 @@ preempted continues alone, as an independent sequence, once readmitted.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from ..cost import ops
 from ..cost.step import StepCost
 from ..hardware import HardwareProfile
 from .request import Request
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler, Step
 
 
 class BeamSearch:
@@ -43,7 +48,7 @@ class BeamSearch:
         self.copy_bytes = 0.0             # bytes those copies read and wrote, per device (roofline only)
         self.copy_s = 0.0                 # time charged for them
 
-    def select(self, sched) -> None:
+    def select(self, sched: Scheduler) -> None:
         """After a decode tick: reshuffle every beam group (called from ``Scheduler.update``)."""
         tick = sched.tick
         if tick == self._last_tick:
@@ -60,7 +65,7 @@ class BeamSearch:
         if req.n > 1 and req.children:
             self.groups[req.id] = req
 
-    def _select_group(self, sched, head: Request, tick: int) -> None:
+    def _select_group(self, sched: Scheduler, head: Request, tick: int) -> None:
         running = sched.running
         beams = [b for b in [head, *head.children]
                  if b.steady and b.k0 < tick and running.get(b.id) is b]
@@ -97,7 +102,7 @@ class BeamSearch:
                 sched._thaw(beam)
                 sched._freeze(beam, True)
 
-    def charge(self, step, copied: int) -> None:
+    def charge(self, step: Step, copied: int) -> None:
         """Charge the blocks copied on write while scheduling ``step`` to it."""
         if not copied:
             return
@@ -108,12 +113,13 @@ class BeamSearch:
             self.copy_s += cost.time_s
 
 
-def block_copy_cost(block_bytes: float, hw: HardwareProfile, scale: float = 1.0):
+def block_copy_cost(block_bytes: float, hw: HardwareProfile, dtype: str, scale: float = 1.0):
     """``copy_cost(num_blocks) -> StepCost``: copying KV blocks within one device's memory, one kernel
     that reads and writes each block once, costed like the roofline's element-wise kernels (memory-bound,
-    the profile's ``efficiency.elementwise``). ``block_bytes`` is one block on one device."""
+    the profile's ``efficiency.elementwise``; ``dtype`` is theirs). ``block_bytes`` is one block on one
+    device; ``scale`` multiplies the time (error bands)."""
     eff = hw.efficiency.elementwise
-    peak, bw = hw.peak_flops_s("bf16"), hw.weight_bandwidth_bytes_s
+    peak, bw = hw.peak_flops_s(dtype), hw.weight_bandwidth_bytes_s
 
     def cost(num_blocks: int) -> StepCost:
         t = ops.roofline_s(0.0, 2.0 * num_blocks * block_bytes, peak, bw, eff)

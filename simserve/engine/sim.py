@@ -287,7 +287,7 @@ def beam_search(resolved: Resolved, rng: np.random.Generator, step_scale: float 
     copy_cost = None
     if cfg.cost_model.kind == "roofline":
         block_bytes = resolved.memory.kv_bytes_per_token * resolved.memory.block_size
-        copy_cost = block_copy_cost(block_bytes, resolved.hardware, step_scale)
+        copy_cost = block_copy_cost(block_bytes, resolved.hardware, resolved.precision.attention_dtype, step_scale)
     return BeamSearch(cfg.sampling.beam_reshuffle, rng, copy_cost)
 
 
