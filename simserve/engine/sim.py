@@ -10,10 +10,10 @@ from .. import policies, workload
 from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
+from .beam import BeamSearch, block_copy_cost
 from .disaggregation import kv_transfer_s, transfer_link
 from .kv import BlockManager, OffloadTier
 from .prefix import shared_block_hashes, trace_block_hashes
-from .beam import BeamSearch, block_copy_cost
 from .scheduler import ItlRecorder
 from .swap import HostSwap
 from .replica import Replica
