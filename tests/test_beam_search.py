@@ -94,6 +94,8 @@ def test_beam_search_through_the_cluster():
     # user gets one output of 4 tokens, so TPOT = (40 - 10) / (4 - 1) = 10 ms; the model generated 2 x 4
     rec = run_tiny([(0, 3, 4)], num_blocks=8, block_size=2, sampling__beam_width=2)
     assert timeline(rec) == {0: (COMPLETED, 10.0, 40.0)}
+    itl = [round(x * 1e3, 3) for x, k in zip(rec.itl_s, rec.itl_counts) for _ in range(k)]
+    assert itl == [10.0] * 6                  # three gaps per beam, pooled over both beams
     row = requests_frame(rec).iloc[0]
     assert (row.output_tokens, row.generated_tokens) == (4, 8)
     assert row.tpot_ms == pytest.approx(10.0)
