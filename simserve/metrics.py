@@ -30,7 +30,7 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
     first = np.fromiter((r.first_token_s for r in rows), float, n)
     finish = np.fromiter((r.finish_s for r in rows), float, n)
     gen = np.fromiter((r.total_generated for r in rows), np.int64, n)
-    out = np.fromiter((r.output_tokens * r.n for r in rows), np.int64, n)   # all n sequences (vLLM bench)
+    out = np.fromiter((r.output_tokens * r.num_outputs for r in rows), np.int64, n)   # returned sequences (vLLM bench)
     first = np.where(first >= 0, first, np.nan)
     finish = np.where(finish >= 0, finish, np.nan)
     ttft = (first - arrival) * 1e3
@@ -158,6 +158,8 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
     s["failures"] = _failures(rec, done)
     if rec.disaggregation is not None:
         s["disaggregation"] = _disaggregation(rec.disaggregation)
+    if any(getattr(r.scheduler, "beams", None) is not None for r in rec.replicas):
+        s["beam_search"] = _beam_search(rec)
     s.update(_cost(resolved, rec, in_tok, out_tok))
     s["memory_per_device"] = {k: (_f(v) if isinstance(v, float) else v) for k, v in resolved.memory.as_dict().items()}
     return s
@@ -230,6 +232,15 @@ def _prefix_cache(rec: RunRecord) -> dict:
             "hit_rate": _f(hits / admitted) if admitted else None,
             "offload_stored_blocks": sum(t.stored_blocks for t in tiers),
             "offload_loaded_blocks": sum(t.loaded_blocks for t in tiers)}
+
+
+def _beam_search(rec: RunRecord) -> dict:
+    """Beams that took over other beams' blocks, and the blocks copied on write, summed over replicas."""
+    beams = [r.scheduler.beams for r in rec.replicas if getattr(r.scheduler, "beams", None) is not None]
+    return {"beam_moves": sum(b.num_moves for b in beams),
+            "blocks_copied": sum(b.num_copied for b in beams),
+            "copy_bytes_per_device": _f(sum(b.copy_bytes for b in beams)),
+            "copy_s": _f(sum(b.copy_s for b in beams))}
 
 
 def _disaggregation(stats: dict) -> dict:

@@ -87,9 +87,12 @@ class SLOConfig(Frozen):
 
 
 class SamplingConfig(Frozen):
-    """Output sequences per request (vLLM ``SamplingParams.n``); beam search is not modelled."""
+    """Output sequences per request (vLLM ``SamplingParams.n``), or beam search with ``beam_width`` beams
+    (vLLM v0 ``use_beam_search=True, best_of=beam_width``), returning the best beam."""
 
     n: int = Field(1, ge=1, le=1024, description="Parallel sampling: output sequences per request, sharing the prompt's KV (continuous scheduler only)")
+    beam_width: int = Field(1, ge=1, le=1024, description="Beam search: beams per request, sharing KV copy-on-write and reshuffled every iteration; one output per request; 1 is off (continuous scheduler only)")
+    beam_reshuffle: float = Field(1.0, ge=0, le=1, description="Beam search: probability that a beam's parent is redrawn uniformly among the request's beams after each iteration (1: parents drawn with replacement; 0: beams never swap)")
 
 
 class RunConfig(Frozen):
@@ -213,6 +216,7 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
         raise ScenarioError("sampling.n", f"> 1 is supported by the continuous scheduler only, not '{sched.policy}'")
     if cfg.sampling.n > 1 and getattr(cfg.deployment, "disaggregation", None) is not None:
         raise ScenarioError("sampling.n", "> 1 is not modelled with deployment.disaggregation")
+    check_beam_search(cfg)
     if cfg.kv_cache.enable_prefix_caching and sched.policy != "continuous":
         raise ScenarioError("kv_cache.enable_prefix_caching", f"is supported by the continuous scheduler only, not '{sched.policy}'")
     if cfg.kv_cache.enable_prefix_caching and cfg.kv_cache.layout != "paged":
@@ -223,6 +227,20 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
                        sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size,
                        cfg.kv_cache.layout, max_len, cfg.deployment.moe_load_imbalance)
     return Resolved(cfg, model, hw, precision, plan, max_len, base_dir)
+
+
+def check_beam_search(cfg: Scenario) -> None:
+    s = cfg.sampling
+    if s.beam_width == 1:
+        if s.beam_reshuffle != 1.0:
+            raise ScenarioError("sampling.beam_reshuffle", "applies to beam search only: set sampling.beam_width > 1")
+        return
+    if s.n > 1:
+        raise ScenarioError("sampling.beam_width", f"> 1 returns the best beam and cannot be combined with sampling.n > 1 (got n = {s.n})")
+    if cfg.scheduler.policy != "continuous":
+        raise ScenarioError("sampling.beam_width", f"> 1 is supported by the continuous scheduler only, not '{cfg.scheduler.policy}'")
+    if getattr(cfg.deployment, "disaggregation", None) is not None:
+        raise ScenarioError("sampling.beam_width", "> 1 is not modelled with deployment.disaggregation")
 
 
 def check_disaggregation(cfg: Scenario) -> Scenario:

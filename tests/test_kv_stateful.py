@@ -1,5 +1,5 @@
 """A hypothesis state machine drives the block manager through allocate / append / free / fork /
-prefix attach / register / eviction and checks after every step that no block is double-freed or
+beam reassign / prefix attach / register / eviction and checks after every step that no block is double-freed or
 double-owned, reference counts match the block tables, and capacity is never exceeded."""
 from __future__ import annotations
 
@@ -68,6 +68,25 @@ class BlockMachine(RuleBasedStateMachine):
         self.kv.fork(parent, child)
         self.tokens[child], self.doc[child] = self.tokens[parent], self.doc[parent]
         assert self.kv.table(child) == self.kv.table(parent)
+
+    @precondition(lambda self: len(self.tokens) > len(set(self.tokens.values())))
+    @rule(data=st.data())
+    def reassign(self, data):
+        # beam search: sequences of equal length draw parents among themselves; every parent keeps its
+        # own blocks for one child, the other children take the blocks of sequences nobody chose
+        by_len: dict[int, list[int]] = {}
+        for rid, tokens in sorted(self.tokens.items()):
+            by_len.setdefault(tokens, []).append(rid)
+        group = data.draw(st.sampled_from([g for g in by_len.values() if len(g) > 1]))
+        parents = data.draw(st.lists(st.sampled_from(group), min_size=len(group), max_size=len(group)))
+        extra = [p for i, p in enumerate(parents) if p in parents[:i]]
+        moves = list(zip([r for r in group if r not in parents], extra))
+        before, used = {r: self.kv.table(r) for r in group}, self.kv.num_used
+        self.kv.reassign(moves, self.tokens[group[0]])
+        for child, parent in moves:
+            assert self.kv.table(child) == before[parent]
+            self.doc[child] = self.doc[parent]
+        assert self.kv.num_used <= used                # taking over blocks never allocates
 
     @invariant()
     def consistent(self):

@@ -4,7 +4,8 @@ Every block is in exactly one state: *free* (no owner, no content hash), *cached
 holds a known prefix, reusable until evicted, least recently used first) or *used* (owned by one or
 more requests). ``allocate_slots`` grows a request's block table, ``free`` releases it, ``fork`` lets
 a child sequence share its parent's blocks (copy-on-write of a partly filled last block), and
-``attach_prefix``/``register_prefix`` reuse and publish full blocks by content hash.
+``attach_prefix``/``register_prefix`` reuse and publish full blocks by content hash. ``reassign`` gives
+sequences copies of other sequences' block tables (beam search, :mod:`simserve.engine.beam`).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class OffloadTier:
 
 class BlockManager:
     __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
-                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded")
+                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied")
 
     def __init__(self, num_blocks: int, block_size: int, offload: OffloadTier | None = None):
         self.num_blocks = num_blocks
@@ -54,6 +55,7 @@ class BlockManager:
         self._sharing = False        # set once forks or prefix hashes exist; until then a fast path applies
         self.offload = offload       # second prefix-cache tier, or None
         self.last_loaded = 0         # blocks the last attach_prefix copied back from the offload tier
+        self.num_copied = 0          # copy-on-write copies of a shared, partly filled last block
 
     # --- queries ---------------------------------------------------------------------------------
     @property
@@ -123,6 +125,7 @@ class BlockManager:
             table[-1] = self._take()
             self._ref[table[-1]] = 1
             self._release(old)
+            self.num_copied += 1
         for _ in range(max(need, 0)):
             block = self._take()
             self._ref[block] = 1
@@ -177,6 +180,33 @@ class BlockManager:
             self._ref[block] += 1
         self._tables[child_id] = table
         self._tokens[child_id] = self._tokens.get(parent_id, 0)
+
+    def reassign(self, moves: list[tuple[int, int]], num_tokens: int) -> None:
+        """Beam search: each ``(child, parent)`` in ``moves`` drops its blocks and shares the blocks the
+        parent held before the call (no copy: a shared, partly filled last block is copied on the next
+        write). Every sequence involved holds ``num_tokens`` KV slots. Sharing first and releasing after
+        keeps a block that one sequence gives up and another adopts from being freed in between. Blocks
+        the two tables already share (a common prefix: a block holds one position of one history) keep
+        their counts, so the work is the length of the tables' differing tails."""
+        self._sharing = True
+        ref, tables, gone = self._ref, self._tables, []
+        for child, parent in moves:           # parents are never children: their tables stay as they are
+            new, old = tables[parent], tables[child]
+            lo, hi = 0, min(len(new), len(old))
+            while lo < hi:                    # first position where the tables differ
+                mid = (lo + hi) // 2
+                if new[mid] == old[mid]:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            for block in new[lo:]:
+                ref[block] += 1
+            gone.append(old[lo:])
+            tables[child] = list(new)
+            self._tokens[child] = self._tokens[parent] = num_tokens
+        for tail in gone:
+            for block in reversed(tail):
+                self._release(block)
 
     # --- prefix caching --------------------------------------------------------------------------
     def attach_prefix(self, request_id: int, block_hashes) -> int:

@@ -9,6 +9,9 @@ Parallel sampling (``n > 1``): the request is prefilled once; when it samples it
 into ``n`` sequences, itself and ``n - 1`` children (``parent`` set), which share the prompt's KV blocks
 and then decode independently. The request (the parent) completes when all ``n`` have finished; the
 children never leave the scheduler.
+
+Beam search (``beam`` true): the ``n`` sequences are beams (:mod:`simserve.engine.beam`), and the
+request returns one output, the best beam.
 """
 from __future__ import annotations
 
@@ -19,10 +22,10 @@ class Request:
     __slots__ = ("id", "arrival_s", "prompt_tokens", "output_tokens", "num_computed", "num_generated",
                  "first_token_s", "last_token_s", "finish_s", "outcome", "reason", "num_preemptions",
                  "num_requeues", "replica", "on_done", "seq", "steady", "k0", "c0", "g0", "version",
-                 "prefix_hashes", "block_hashes", "n", "parent", "children", "seqs_left")
+                 "prefix_hashes", "block_hashes", "n", "parent", "children", "seqs_left", "beam")
 
     def __init__(self, id: int, arrival_s: float, prompt_tokens: int, output_tokens: int,
-                 prefix_hashes: tuple[int, ...] | None = None, n: int = 1):
+                 prefix_hashes: tuple[int, ...] | None = None, n: int = 1, beam: bool = False):
         self.id = id
         self.arrival_s = arrival_s
         self.prompt_tokens = prompt_tokens
@@ -44,6 +47,7 @@ class Request:
         self.parent: Request | None = None    # set on a forked child sequence: the request it belongs to
         self.children: list[Request] = []     # a parent's forked child sequences
         self.seqs_left = 0           # a parent's unfinished sequences once forked; 0 until the fork
+        self.beam = beam             # the n sequences are beams of a beam search, not independent samples
         # scheduler bookkeeping: admission order, and the frozen state of a steady decoder
         self.seq = 0
         self.steady = False
@@ -63,12 +67,18 @@ class Request:
     def max_kv_blocks(self, block_size: int) -> int:
         """KV blocks the request holds at its largest. With ``n`` sequences the full prompt blocks are
         shared once; every sequence holds its own blocks beyond them, including its copy of a partly
-        filled last prompt block (copy-on-write). A single output token is sampled without a fork."""
+        filled last prompt block (copy-on-write). A single output token is sampled without a fork. For beams
+        it is an upper bound: a beam that takes over another shares that beam's full blocks."""
         blocks = -(-self.max_kv_tokens // block_size)
         if self.n == 1 or self.output_tokens == 1:
             return blocks
         shared = self.prompt_tokens // block_size
         return shared + self.n * (blocks - shared)
+
+    @property
+    def num_outputs(self) -> int:
+        """Sequences returned to the user: ``n`` samples, or the best beam of a beam search."""
+        return 1 if self.beam else self.n
 
     @property
     def total_generated(self) -> int:

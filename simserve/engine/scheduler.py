@@ -20,6 +20,9 @@ sharing its KV blocks (:meth:`BlockManager.fork`). Every sequence of the group g
 its first tick, so the shared, partly filled last block is copied on write before anyone appends. From
 then on each sequence is a running request of its own (preempted, recomputed or swapped alone); the
 parent is reported finished when its last sequence finishes.
+
+Beam search (``beams`` set, :mod:`simserve.engine.beam`): groups fork the same way, and after every tick
+``beams.select`` lets some beams take over others' blocks.
 """
 from __future__ import annotations
 
@@ -124,6 +127,7 @@ class Scheduler:
         self.prefix_hit_tokens = 0                # prompt tokens reused from the prefix cache at admission
         self.admitted_prompt_tokens = 0           # tokens (prompt + generated) of every admission
         self.now = 0.0                            # simulated time, set by the replica before schedule()
+        self.beams = None                         # BeamSearch when requests' sequences are beams
 
     # --- hooks -----------------------------------------------------------------------------------
     def schedule(self) -> Step | None:
@@ -444,6 +448,8 @@ class Scheduler:
             self.kv.free(req.id)
         if self._next_child_id != -1:            # some request forked: report groups, not sequences
             finished = self._completed(finished, now)
+        if self.beams is not None:
+            self.beams.select(self)
         return finished
 
     # --- parallel sampling -----------------------------------------------------------------------
@@ -466,6 +472,8 @@ class Scheduler:
             self.running[child.id] = child
             req.children.append(child)
             self._freeze(child, True)
+        if self.beams is not None:
+            self.beams.track(req)
         return True
 
     def _completed(self, finished: list[Request], now: float) -> list[Request]:

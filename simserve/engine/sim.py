@@ -10,6 +10,7 @@ from .. import policies, workload
 from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
+from .beam import BeamSearch, block_copy_cost
 from .disaggregation import kv_transfer_s, transfer_link
 from .kv import BlockManager, OffloadTier
 from .prefix import shared_block_hashes, trace_block_hashes
@@ -76,6 +77,8 @@ class Cluster:
         for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
             if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
                 rep.scheduler.bind(cost, cost_of, sched_rng)
+            if cfg.sampling.beam_width > 1:        # the continuous scheduler ignores sched_rng otherwise
+                rep.scheduler.beams = beam_search(resolved, sched_rng, step_scale)
         self._prefilling: dict[int, Request] = {}    # id -> request whose prompt stage is on the prefill pool
         if dis is None:
             self.pool, self.decode_pool = self.replicas, None
@@ -195,7 +198,9 @@ class Cluster:
     def _new(self, i: int) -> Request:
         s = self.specs
         hashes = s.prefix_hashes[i] if s.prefix_hashes is not None else None
-        req = Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes, self.resolved.config.sampling.n)
+        sampling = self.resolved.config.sampling
+        req = Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes,
+                      sampling.beam_width if sampling.beam_width > 1 else sampling.n, sampling.beam_width > 1)
         if self.prefix_caching:
             bs = self.resolved.memory.block_size
             if hashes is not None:
@@ -302,9 +307,21 @@ def host_swap(resolved: Resolved) -> HostSwap:
                     link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6)
 
 
+def beam_search(resolved: Resolved, rng: np.random.Generator, step_scale: float = 1.0) -> BeamSearch:
+    """One replica's beam search; block copies take time under the roofline cost model only (the
+    constant and linear models charge nothing beyond their parameters)."""
+    cfg = resolved.config
+    copy_cost = None
+    if cfg.cost_model.kind == "roofline":
+        block_bytes = resolved.memory.kv_bytes_per_token * resolved.memory.block_size
+        copy_cost = block_copy_cost(block_bytes, resolved.hardware, resolved.precision.attention_dtype, step_scale)
+    return BeamSearch(cfg.sampling.beam_reshuffle, rng, copy_cost)
+
+
 def scheduler_rngs(seed: int, num_replicas: int) -> list[np.random.Generator]:
-    """One generator per replica's scheduler (speculative acceptance draws): the third stream spawned
-    from the scenario's seed, after the workload's and the failures' (``run``), split per replica."""
+    """One generator per replica's scheduler (speculative acceptance draws, beam selection): the third
+    stream spawned from the scenario's seed, after the workload's and the failures' (``run``), split per
+    replica."""
     stream = np.random.SeedSequence(seed).spawn(3)[2]
     return [np.random.default_rng(s) for s in stream.spawn(num_replicas)]
 

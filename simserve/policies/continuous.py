@@ -28,9 +28,12 @@ class ContinuousBatching(Scheduler):
     fast_forward = True           # with nothing active or waiting, schedule() is a steady decode step
 
     def schedule(self) -> Step | None:
+        copied = self.kv.num_copied
         step = self._schedule()
         if self.pending_transfer_s:
             self.charge_transfers(step)
+        if self.beams is not None and step is not None:
+            self.beams.charge(step, self.kv.num_copied - copied)   # beam search: blocks copied on write
         return step
 
     def _schedule(self) -> Step | None:
