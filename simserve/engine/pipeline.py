@@ -5,8 +5,8 @@ batch scheduler of its own over ``1/pp`` of the KV blocks. An arriving request j
 fewest unfinished requests (ties: the lowest) and stays there. Each engine loops: schedule a step (a
 micro-batch), put it into stage 0's queue, wait until the last stage has run it, update. So up to ``pp``
 micro-batches are in flight, and a request is in at most one of them. Stage ``s`` is a process that takes
-micro-batches from its queue in order, runs its layers (``yield env.timeout``), and hands them to the link
-process towards stage ``s + 1``, which sends the activations (another timeout) and queues them there.
+micro-batches from its queue in order, receives their activations from stage ``s - 1`` over the link
+between them and runs its layers (one ``yield env.timeout`` for both), and queues them for stage ``s + 1``.
 Tokens appear when the last stage finishes. With one busy engine each stage idles while the others run
 (the pipeline bubble); with ``pp`` busy engines the stages overlap.
 """
@@ -143,11 +143,8 @@ class PipelinedReplica:
         self.up = self.accepting = True
         self._wake: list[simpy.Event | None] = [None] * len(engines)
         self._queue = [simpy.Store(env) for _ in range(pp)]          # micro-batches waiting for stage s
-        self._wire = [simpy.Store(env) for _ in range(pp - 1)]       # waiting for the link after stage s
         for s in range(pp):
             env.process(self._stage(s))
-        for s in range(pp - 1):
-            env.process(self._link(s))
         for v in range(len(engines)):
             env.process(self._engine(v))
 
@@ -206,13 +203,20 @@ class PipelinedReplica:
                 self.on_finish(req)
 
     def _stage(self, s: int):
+        """Stage ``s`` takes micro-batches in order; from the second stage on it first receives the
+        activations from stage ``s - 1`` (a blocking receive, as NCCL's point-to-point recv before the
+        forward: the link is busy only while the receiver is ready), then runs its layers."""
         env, stats, pp = self.env, self.stats, len(self.stage_costs)
-        cost_fn, last = self.stage_costs[s], s == len(self.stage_costs) - 1
+        cost_fn, last, pipe = self.stage_costs[s], s == pp - 1, self.pipeline
         while True:
             mb = yield self._queue[s].get()
             cost: StepCost = cost_fn(mb.step.shape)
-            yield env.timeout(cost.time_s)
-            self.pipeline.stage_busy_s[s] += cost.time_s
+            recv_s = self.send_s(s - 1, mb.step.shape) if s else 0.0
+            yield env.timeout(recv_s + cost.time_s)
+            if s:
+                pipe.transfers += 1
+                pipe.transfer_s += recv_s
+            pipe.stage_busy_s[s] += cost.time_s
             stats.busy_s += cost.time_s / pp
             stats.flops += cost.flops / pp
             stats.bytes += cost.bytes / pp
@@ -220,15 +224,4 @@ class PipelinedReplica:
             if last:
                 mb.done.succeed()
             else:
-                self._wire[s].put(mb)
-
-    def _link(self, s: int):
-        env = self.env
-        while True:
-            mb = yield self._wire[s].get()
-            time_s = self.send_s(s, mb.step.shape)
-            if time_s:
-                yield env.timeout(time_s)
-            self.pipeline.transfers += 1
-            self.pipeline.transfer_s += time_s
-            self._queue[s + 1].put(mb)
+                self._queue[s + 1].put(mb)
