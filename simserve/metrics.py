@@ -259,9 +259,14 @@ def _pipeline(resolved: Resolved, rec: RunRecord) -> dict:
         busy = [sum(r.stats.busy_s for r in rec.replicas)]
         active, transfers, transfer_s, bubble = sum(busy), 0, 0.0, 0.0
     weights = [memory.stage_weight_bytes_per_device(model, resolved.precision, tp, st) for st in specs]
-    flops = [2.0 * w / resolved.precision.weight_bytes for w in weights]   # one token: 2 FLOPs per parameter
+    # what one token reads: a lookup touches one row of the embedding table, so only a table that is
+    # also the LM head (tied, on a single stage) counts; 2 FLOPs per weight read
+    table = model.vocab_size * model.hidden_size * resolved.precision.weight_bytes / tp
+    lookup_only = not (model.tied_embeddings and pp == 1)
+    read = [w - table * (st.first and lookup_only) for w, st in zip(weights, specs)]
+    flops = [2.0 * b / resolved.precision.weight_bytes for b in read]
     hops = [pl.link_of(hw, name).latency_us * 1e-6 for name in pl.boundary_links(hw, tp, pp)]
-    bound = pl.per_user_decode_tps_bound(weights, flops, hw.weight_bandwidth_bytes_s,
+    bound = pl.per_user_decode_tps_bound(read, flops, hw.weight_bandwidth_bytes_s,
                                          hw.peak_flops_s(resolved.precision.compute_dtype), hops)
     return {
         "stages": pp, "tensor_parallel": tp, "devices_per_replica": tp * pp, "derived": list(resolved.derived),
