@@ -28,9 +28,10 @@ def test_groq_chips_by_hand():
     logits = 8 * 128256 / 16 * 4                           # fp32 logits of max_num_seqs rows, last stage only
     # 9 stages: 32 layers as [3, 3, 3, 4, 4, 4, 4, 4, 3] (vLLM's split; the extra 5 go before the last)
     assert pl.split_layers(32, 9) == [3, 3, 3, 4, 4, 4, 4, 4, 3]
-    first = (3 * layer + table) * 2 / 16 + 3 * kv_per_layer * kv_tokens + work      # 157.7 MB
+    first = (3 * layer + table) * 2 / 16 + 3 * kv_per_layer * kv_tokens + work      # 217.3 MB
     middle = 4 * layer * 2 / 16 + 4 * kv_per_layer * kv_tokens + work               # 195.7 MB
-    last = (3 * layer + table) * 2 / 16 + 3 * kv_per_layer * kv_tokens + work + logits
+    last = (3 * layer + table) * 2 / 16 + 3 * kv_per_layer * kv_tokens + work + logits      # 217.6 MB
+    assert (first, middle, last) == pytest.approx((217.32e6, 195.69e6, 217.57e6), rel=1e-4)
     assert max(first, middle, last) <= usable == 218.5e6
     # 8 stages of 4 layers: the first would need (4 x layer + table) x 2 / 16 + KV + workspace = 261 MB
     first8 = (4 * layer + table) * 2 / 16 + 4 * kv_per_layer * kv_tokens + work
