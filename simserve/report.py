@@ -70,7 +70,8 @@ def render(summary: dict) -> str:
         at = next(i for i, line in enumerate(lines) if line.startswith("devices")) + 1
         derived = f" ({', '.join(pipe['derived'])} derived from memory)" if pipe["derived"] else ""
         busy = " ".join(_num(b) for b in pipe["stage_busy_fraction"])
-        lines.insert(at, f"pipeline   {pipe['stages']} stages x {pipe['tensor_parallel']} devices = "
+        stages = f"{pipe['stages']} stage{'s' * (pipe['stages'] != 1)}"
+        lines.insert(at, f"pipeline   {stages} x {pipe['tensor_parallel']} devices = "
                          f"{pipe['devices_per_replica']} per replica{derived}; bubble "
                          f"{_num(pipe['pipeline_bubble_fraction'])}, stage busy {busy}; "
                          f"{_num(pipe['activation_transfers'])} activation sends "

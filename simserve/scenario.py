@@ -303,11 +303,12 @@ def derive_parallelism(cfg: Scenario, model: ModelSpec, hw: HardwareProfile, max
                 best = (tp, pp)
                 break
     if best is None:
-        path = "deployment." + derived[-1]
-        raise ScenarioError(path, f"auto: no split of {model.name} over {hw.name} devices holds its weights and the KV "
+        fixed = [k for k in ("tensor_parallel", "pipeline_parallel") if k not in derived]
+        hint = "".join(f", or raise deployment.{k} (or make it auto)" for k in fixed)
+        raise ScenarioError("deployment." + derived[-1],
+                            f"auto: no split of {model.name} over {hw.name} devices holds its weights and the KV "
                             f"of scheduler.max_num_seqs x max_model_len = {sched.max_num_seqs} x {max_len} = "
-                            f"{kv_tokens:,} tokens on every stage; lower those, or set "
-                            + " and ".join(f"deployment.{k}" for k in derived))
+                            f"{kv_tokens:,} tokens on every stage; lower those{hint}")
     update = dict(zip(("tensor_parallel", "pipeline_parallel"), best))
     return cfg.model_copy(update={"deployment": dep.model_copy(update=update)}), derived
 

@@ -218,6 +218,24 @@ def test_bad_pipeline_input_exits_2_with_one_line(tmp_path, command, args, messa
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr and res.stdout == ""
 
 
+def test_docs_errors_md_quotes_the_pipeline_errors():
+    from pathlib import Path
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
+    for message in ("deployment.pipeline_parallel: must be an integer >= 1 or 'auto', got 0",
+                    "deployment.pipeline_parallel: must be <= the model's 32 layers, got 33",
+                    "deployment.pipeline_parallel: > 1 needs scheduler.policy: continuous, not 'static'",
+                    "deployment.pipeline_parallel: llama-3.1-405b needs 202.9 GB of weights per device on stage 0 "
+                    "(63 layers, embedding) at tensor_parallel=2, pipeline_parallel=2",
+                    "deployment.pipeline_parallel: auto: no split of llama-3.1-8b over groq-lpu devices holds its "
+                    "weights and the KV of scheduler.max_num_seqs x max_model_len = "):
+        assert f"`{message}" in doc
+
+
+def test_explicit_single_stage_is_the_default_path():
+    assert simserve.simulate(tiny_resolved(deployment__pipeline_parallel=1)).summary_json() == \
+        simserve.simulate(tiny_resolved()).summary_json()
+
+
 def test_validate_names_the_stages(tmp_path):
     res = CliRunner().invoke(main, ["validate", "pipeline-parallel-405b"])
     assert res.exit_code == 0
