@@ -2,6 +2,8 @@
 activation transfers on the right link, the per-stage memory plan, and one-line errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -10,17 +12,18 @@ from hypothesis import strategies as st
 
 import simserve
 from simserve.cli import main
+from simserve.config.base import set_path
 from simserve.cost import pipeline as pl
 from simserve.cost.batch import BatchShape
 from simserve.cost.memory import stage_weight_bytes_per_device
 from simserve.cost.step import RooflineStep
 from simserve.engine.request import COMPLETED
-from simserve.errors import ScenarioError
+from simserve.engine.sim import Cluster
 from simserve.hardware import load_profile
 from simserve.metrics import summarize
 from simserve.scenario import load_scenario
 
-from conftest import TINY, run_tiny, tiny_resolved, timeline
+from conftest import TINY, run_tiny, specs, tiny_resolved, timeline
 
 
 def itl_ms(rec):
@@ -74,8 +77,6 @@ def test_three_stages_one_request_per_engine():
 
 def bubble(rows, pp):
     r = tiny_resolved(deployment__pipeline_parallel=pp)
-    from conftest import specs
-    from simserve.engine.sim import Cluster
     rec = Cluster(r, specs(rows)).run()
     return summarize(r, rec)["pipeline"]["pipeline_bubble_fraction"], rec
 
@@ -180,7 +181,6 @@ def test_405b_fits_on_two_nodes_as_two_stages():
 
 def scenario_file(tmp_path, **sets):
     data = dict(TINY, workload={**TINY["workload"], "num_requests": 3})
-    from simserve.config.base import set_path
     for k, v in sets.items():
         data = set_path(data, k.replace("__", "."), v)
     path = tmp_path / "s.yaml"
@@ -219,7 +219,6 @@ def test_bad_pipeline_input_exits_2_with_one_line(tmp_path, command, args, messa
 
 
 def test_docs_errors_md_quotes_the_pipeline_errors():
-    from pathlib import Path
     doc = (Path(__file__).resolve().parent.parent / "docs" / "errors.md").read_text()
     for message in ("deployment.pipeline_parallel: must be an integer >= 1 or 'auto', got 0",
                     "deployment.pipeline_parallel: must be <= the model's 32 layers, got 33",

@@ -36,12 +36,12 @@ def test_groq_chips_by_hand():
     # 8 stages of 4 layers: the first would need (4 x layer + table) x 2 / 16 + KV + workspace = 261 MB
     first8 = (4 * layer + table) * 2 / 16 + 4 * kv_per_layer * kv_tokens + work
     assert first8 == pytest.approx(261.36e6, rel=1e-4) and first8 > usable
-    args = (r.model, r.hardware, r.precision, 0.95, 512, 8, kv_tokens)
-    assert stage_fits(r.model, r.hardware, r.precision, 16, 9, *args[3:])
-    assert not stage_fits(r.model, r.hardware, r.precision, 16, 8, *args[3:])
+    limits = (0.95, 512, 8, kv_tokens)       # memory fraction, token budget, max_num_seqs, KV tokens
+    assert stage_fits(r.model, r.hardware, r.precision, 16, 9, *limits)
+    assert not stage_fits(r.model, r.hardware, r.precision, 16, 8, *limits)
     # no split at tensor_parallel 8 or less fits: even one layer beside the 1.05 GB / 8 embedding is too much
     assert (128256 * 4096 * 2 / 8 + layer * 2 / 8 + kv_per_layer * 1 * kv_tokens + (4 * 512 * 4096 + 512 * 3 * 14336 / 8) * 2) > usable
-    assert not any(stage_fits(r.model, r.hardware, r.precision, tp, pp, *args[3:])
+    assert not any(stage_fits(r.model, r.hardware, r.precision, tp, pp, *limits)
                    for tp in (1, 2, 4, 8) for pp in range(1, 33))
 
 
@@ -78,7 +78,7 @@ def test_roofline_bound_by_hand(runs):
     # one token: every stage reads its weights at peak bandwidth (or computes 2 FLOPs per weight at peak,
     # whichever is longer), plus one link latency per stage boundary; the embedding table is not read (a
     # lookup reads one row)
-    n = simserve.scenario.load_scenario(SCENARIO).model.num_params - 128256 * 4096
+    n = load_scenario(SCENARIO).model.num_params - 128256 * 4096
     # Groq: 9 stages of 16 chips, memory-bound (80 TB/s vs 188 TFLOP/s), 8 inter-node hops of 2 us
     groq = 1 / (n * 2 / 16 / 80e12 + 8 * 2e-6)
     assert runs["groq-lpu"]["pipeline"]["per_user_decode_tps_bound"] == pytest.approx(groq)
