@@ -12,7 +12,6 @@ Tokens appear when the last stage finishes. With one busy engine each stage idle
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -21,7 +20,7 @@ import simpy
 from ..cost.batch import BatchShape
 from ..cost.step import StepCost
 from .admission import expired
-from .replica import ReplicaStats
+from .replica import ReplicaStats, _delay_until
 from .request import Request
 from .scheduler import Scheduler, Step
 
@@ -175,10 +174,7 @@ class PipelinedReplica:
                 if wake_s is None:
                     yield self._wake[v]
                 else:
-                    delay = wake_s - env.now
-                    while env.now + delay < wake_s:
-                        delay = math.nextafter(delay, math.inf)
-                    yield self._wake[v] | env.timeout(delay)
+                    yield self._wake[v] | env.timeout(_delay_until(env.now, wake_s))
                 self._wake[v] = None
                 continue
             waiting = sum(len(e.waiting) for e in engines)
