@@ -78,9 +78,11 @@ def validate(scenario: str, overrides: tuple[str, ...]) -> None:
 
     r = load_scenario(scenario, overrides)
     specs = workload.build(r.config.workload, np.random.default_rng(r.config.seed), r.base_dir)
-    m = r.memory
-    click.echo(f"ok: {r.config.name}: {r.model.name} on {r.config.deployment.replicas} x "
-               f"{r.config.deployment.tensor_parallel} x {r.hardware.name}; per device "
+    m, dep = r.memory, r.config.deployment
+    stages = f" x {dep.pipeline_parallel} stages" if dep.pipeline_parallel > 1 else ""
+    derived = f" ({', '.join(r.derived)} derived from memory)" if r.derived else ""
+    click.echo(f"ok: {r.config.name}: {r.model.name} on {dep.replicas} x "
+               f"{dep.tensor_parallel}{stages} x {r.hardware.name}{derived}; per device{' (tightest stage)' * bool(stages)} "
                f"{m.weight_bytes / 1e9:.1f} GB weights, {m.kv_bytes / 1e9:.1f} GB KV cache "
                f"({m.kv_capacity_tokens:,} tokens{_contiguous(m)}); workload of {len(specs):,} requests")
 

@@ -160,6 +160,8 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
         s["disaggregation"] = _disaggregation(rec.disaggregation)
     if any(getattr(r.scheduler, "beams", None) is not None for r in rec.replicas):
         s["beam_search"] = _beam_search(rec)
+    if resolved.config.deployment.pipeline_parallel > 1 or resolved.derived:
+        s["pipeline"] = _pipeline(resolved, rec)
     s.update(_cost(resolved, rec, in_tok, out_tok))
     s["memory_per_device"] = {k: (_f(v) if isinstance(v, float) else v) for k, v in resolved.memory.as_dict().items()}
     return s
@@ -253,6 +255,51 @@ def _disaggregation(stats: dict) -> dict:
             "mean_kv_transfer_ms": _f(stats["kv_transfer_s"] / n * 1e3) if n else None}
 
 
+def _pipeline(resolved: Resolved, rec: RunRecord) -> dict:
+    """Pipeline stages: how the devices were split (and what was derived), each stage's busy share of the
+    run, the bubble while micro-batches were in flight, activation transfers, and one user's speed bound."""
+    from .cost import memory, pipeline as pl
+
+    dep, model, hw = resolved.config.deployment, resolved.model, resolved.hardware
+    tp, pp = dep.tensor_parallel, dep.pipeline_parallel
+    specs = pl.stages(model.num_layers, pp)
+    total = rec.duration_s * len(rec.replicas)
+    if pp > 1:
+        busy = [sum(r.pipeline.stage_busy_s[s] for r in rec.replicas) for s in range(pp)]
+        active = sum(r.pipeline.active_s for r in rec.replicas)
+        transfers = sum(r.pipeline.transfers for r in rec.replicas)
+        transfer_s = sum(r.pipeline.transfer_s for r in rec.replicas)
+        bubble = _f(1.0 - sum(busy) / (pp * active)) if active > 0 else None
+    else:
+        busy = [sum(r.stats.busy_s for r in rec.replicas)]
+        active, transfers, transfer_s, bubble = sum(busy), 0, 0.0, 0.0
+    weights = [memory.stage_weight_bytes_per_device(model, resolved.precision, tp, st) for st in specs]
+    # what one token reads: a lookup touches one row of the embedding table, so only a table that is
+    # also the LM head (tied, on a single stage) counts; 2 FLOPs per weight read
+    table = model.vocab_size * model.hidden_size * resolved.precision.weight_bytes / tp
+    lookup_only = not (model.tied_embeddings and pp == 1)
+    read = [w - table * (st.first and lookup_only) for w, st in zip(weights, specs)]
+    flops = [2.0 * b / resolved.precision.weight_bytes for b in read]
+    hops = [pl.link_of(hw, name).latency_us * 1e-6 for name in pl.boundary_links(hw, tp, pp)]
+    bound = pl.per_user_decode_tps_bound(read, flops, hw.weight_bandwidth_bytes_s,
+                                         hw.peak_flops_s(resolved.precision.compute_dtype), hops)
+    return {
+        "stages": pp, "tensor_parallel": tp, "devices_per_replica": tp * pp, "derived": list(resolved.derived),
+        "layers_per_stage": [st.num_layers for st in specs],
+        "stage_links": pl.boundary_links(hw, tp, pp),
+        "stage_weight_bytes_per_device": [_f(w) for w in weights],
+        "microbatches": sum(r.pipeline.microbatches for r in rec.replicas) if pp > 1 else sum(
+            r.stats.iterations for r in rec.replicas),
+        "stage_busy_fraction": [_f(b / total) if total > 0 else None for b in busy],
+        "active_s": _f(active),
+        "pipeline_bubble_fraction": bubble,
+        "activation_transfers": transfers,
+        "activation_transfer_s": _f(transfer_s),
+        "mean_activation_transfer_ms": _f(transfer_s / transfers * 1e3) if transfers else None,
+        "per_user_decode_tps_bound": _f(bound),
+    }
+
+
 UNSTABLE_GROWTH = 0.05
 
 
@@ -300,8 +347,7 @@ def _cost(resolved: Resolved, rec: RunRecord, in_tok: int, out_tok: int) -> dict
     devices = resolved.num_devices
     hours = devices * rec.duration_s / 3600.0
     cost = hours * price.usd_per_device_hour
-    tp = cfg.deployment.tensor_parallel
-    busy_device_s = sum(r.stats.busy_s for r in rec.replicas) * tp
+    busy_device_s = sum(r.stats.busy_s for r in rec.replicas) * resolved.devices_per_replica
     idle_device_s = devices * rec.duration_s - busy_device_s
     energy_j = busy_device_s * hw.power.busy_w + idle_device_s * hw.power.idle_w
     per_m = lambda tokens: _f(cost / tokens * 1e6) if tokens else None  # noqa: E731

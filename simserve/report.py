@@ -65,6 +65,18 @@ def render(summary: dict) -> str:
                      f"({_num(swap['swap_out_bytes'] / 1e9)} GB out, {_num(swap['transfer_s'], 3)} s of copies), "
                      f"{_num(swap['recompute_fallbacks'])} recomputed for want of host space")
         lines.insert(at, text)
+    pipe = s.get("pipeline")
+    if pipe:
+        at = next(i for i, line in enumerate(lines) if line.startswith("devices")) + 1
+        derived = f" ({', '.join(pipe['derived'])} derived from memory)" if pipe["derived"] else ""
+        busy = " ".join(_num(b) for b in pipe["stage_busy_fraction"])
+        stages = f"{pipe['stages']} stage{'s' * (pipe['stages'] != 1)}"
+        lines.insert(at, f"pipeline   {stages} x {pipe['tensor_parallel']} devices = "
+                         f"{pipe['devices_per_replica']} per replica{derived}; bubble "
+                         f"{_num(pipe['pipeline_bubble_fraction'])}, stage busy {busy}; "
+                         f"{_num(pipe['activation_transfers'])} activation sends "
+                         f"(mean {_num(pipe['mean_activation_transfer_ms'], 3)} ms); "
+                         f"per-user decode bound {_num(pipe['per_user_decode_tps_bound'])} tok/s")
     fid = s.get("fidelity")
     if fid:
         lo, hi = fid["low"], fid["high"]

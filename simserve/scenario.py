@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from . import policies
-from .config.base import Frozen, set_path, validate
+from .config.base import Frozen, fmt_value, set_path, validate
 from .config.yamlio import load_file, loads
-from .cost.memory import MemoryPlan, plan_memory
+from .cost.memory import MemoryPlan, plan_memory, plan_pipeline_memory, stage_fits
 from .cost.step import Precision
 from .engine.admission import AdmissionConfig
 from .engine.failures import FailuresConfig
@@ -44,8 +44,24 @@ class DisaggregationConfig(Frozen):
         None, description="How prefilled requests are spread over the decode pool; default: deployment.router")
 
 
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
 class DeploymentConfig(Frozen):
-    tensor_parallel: int = Field(1, ge=1, description="Devices per replica sharing every layer")
+    tensor_parallel: PositiveInt | Literal["auto"] = Field(
+        1, description="Devices per pipeline stage sharing every layer; auto: derived from memory capacity "
+        "(with pipeline_parallel, the fewest devices that hold the model and its KV)")
+    pipeline_parallel: PositiveInt | Literal["auto"] = Field(
+        1, description="Pipeline stages per replica, each on tensor_parallel devices holding a contiguous share "
+        "of the layers; auto: the fewest stages whose devices hold their weights and the KV of "
+        "scheduler.max_num_seqs sequences of max_model_len tokens (SRAM accelerators)")
+    @field_validator("tensor_parallel", "pipeline_parallel", mode="before")
+    @classmethod
+    def _int_or_auto(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"must be an integer >= 1 or 'auto', got {fmt_value(value)}")
+
     expert_parallel: int = Field(
         1, ge=1, description="MoE only: devices the experts of each MoE layer are spread over, num_experts / "
         "expert_parallel whole experts each; 1 (every expert split over tensor_parallel) or tensor_parallel "
@@ -130,11 +146,18 @@ class Resolved:
     memory: MemoryPlan
     max_model_len: int
     base_dir: Path | None
+    stage_memory: tuple[MemoryPlan, ...] = ()    # pipeline_parallel > 1: each stage's plan (``memory`` is the tightest)
+    derived: tuple[str, ...] = ()                # deployment keys that were 'auto', now set in ``config``
+
+    @property
+    def devices_per_replica(self) -> int:
+        """tensor_parallel x pipeline_parallel: expert parallelism reuses the tensor-parallel devices."""
+        dep = self.config.deployment
+        return dep.tensor_parallel * dep.pipeline_parallel
 
     @property
     def num_devices(self) -> int:
-        """tensor_parallel per replica: expert parallelism reuses those devices."""
-        return self.config.deployment.tensor_parallel * self.config.deployment.replicas
+        return self.devices_per_replica * self.config.deployment.replicas
 
     @property
     def expert_parallelism(self) -> dict:
@@ -189,7 +212,12 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
         raise ScenarioError("pricing", f"unknown pricing model '{cfg.pricing}' for {hw.name}; known: "
                             + ", ".join(sorted(hw.pricing)))
     cfg = check_disaggregation(cfg)
-    tp = cfg.deployment.tensor_parallel
+    sched = cfg.scheduler
+    max_len = sched.max_model_len or model.max_context
+    if max_len > model.max_context:
+        raise ScenarioError("scheduler.max_model_len", f"must be <= the model's max_context ({model.max_context}), got {max_len}")
+    cfg, derived = derive_parallelism(cfg, model, hw, max_len)
+    tp, pp = cfg.deployment.tensor_parallel, cfg.deployment.pipeline_parallel
     for i, event in enumerate(cfg.failures.events):
         if event.replica >= cfg.deployment.replicas:
             raise ScenarioError(f"failures.events.{i}.replica",
@@ -199,10 +227,6 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
                             f"must be <= deployment.replicas ({cfg.deployment.replicas}), got {cfg.failures.spot.replicas}")
     if model.num_heads % tp:
         raise ScenarioError("deployment.tensor_parallel", f"must divide the model's {model.num_heads} attention heads, got {tp}")
-    sched = cfg.scheduler
-    max_len = sched.max_model_len or model.max_context
-    if max_len > model.max_context:
-        raise ScenarioError("scheduler.max_model_len", f"must be <= the model's max_context ({model.max_context}), got {max_len}")
     if sched.max_num_batched_tokens < sched.max_num_seqs:
         raise ScenarioError("scheduler.max_num_batched_tokens",
                             f"must be >= scheduler.max_num_seqs ({sched.max_num_seqs}), got {sched.max_num_batched_tokens}")
@@ -223,10 +247,74 @@ def resolve(cfg: Scenario, base_dir: Path | None = None) -> Resolved:
         raise ScenarioError("kv_cache.enable_prefix_caching", "needs kv_cache.layout: paged (blocks are shared by content)")
     check_expert_parallel(cfg.deployment, model)
     precision = Precision.of(p.weights, p.activations, p.kv_cache)
-    plan = plan_memory(model, hw, precision, tp, cfg.kv_cache.gpu_memory_utilization,
-                       sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size,
-                       cfg.kv_cache.layout, max_len, cfg.deployment.moe_load_imbalance)
-    return Resolved(cfg, model, hw, precision, plan, max_len, base_dir)
+    if pp == 1:
+        plan = plan_memory(model, hw, precision, tp, cfg.kv_cache.gpu_memory_utilization,
+                           sched.max_num_batched_tokens, sched.max_num_seqs, cfg.kv_cache.block_size,
+                           cfg.kv_cache.layout, max_len, cfg.deployment.moe_load_imbalance)
+        return Resolved(cfg, model, hw, precision, plan, max_len, base_dir, (), derived)
+    check_pipeline(cfg, model)
+    plan, stage_plans = plan_pipeline_memory(
+        model, hw, precision, tp, pp, cfg.kv_cache.gpu_memory_utilization, sched.max_num_batched_tokens,
+        sched.max_num_seqs, cfg.kv_cache.block_size, cfg.kv_cache.layout, max_len, cfg.deployment.moe_load_imbalance)
+    if plan.num_blocks < pp:
+        raise ScenarioError("kv_cache.gpu_memory_utilization",
+                            f"the KV cache of {plan.num_blocks} blocks cannot be split over {pp} pipeline virtual "
+                            f"engines; give it more memory or lower deployment.pipeline_parallel")
+    return Resolved(cfg, model, hw, precision, plan, max_len, base_dir, stage_plans, derived)
+
+
+def check_pipeline(cfg: Scenario, model: ModelSpec) -> None:
+    """Pipeline parallelism runs the continuous scheduler with KV on the device only, without failures."""
+    pp = cfg.deployment.pipeline_parallel
+    if pp > model.num_layers:
+        raise ScenarioError("deployment.pipeline_parallel", f"must be <= the model's {model.num_layers} layers, got {pp}")
+    if cfg.scheduler.policy != "continuous":
+        raise ScenarioError("deployment.pipeline_parallel",
+                            f"> 1 needs scheduler.policy: continuous, not '{cfg.scheduler.policy}'")
+    if cfg.deployment.disaggregation is not None:
+        raise ScenarioError("deployment.pipeline_parallel", "> 1 is not modelled with deployment.disaggregation")
+    if cfg.failures.enabled:
+        raise ScenarioError("failures", "are not modelled with deployment.pipeline_parallel > 1 yet")
+    if getattr(cfg.scheduler, "preemption", "recompute") == "swap":
+        raise ScenarioError("scheduler.preemption", "swap is not modelled with deployment.pipeline_parallel > 1 yet")
+    if cfg.kv_cache.offload is not None:
+        raise ScenarioError("kv_cache.offload", "is not modelled with deployment.pipeline_parallel > 1 yet")
+
+
+def derive_parallelism(cfg: Scenario, model: ModelSpec, hw: HardwareProfile, max_len: int) -> tuple[Scenario, tuple[str, ...]]:
+    """Replace ``auto`` in ``deployment.tensor_parallel`` / ``pipeline_parallel`` by the split with the
+    fewest devices per replica (ties: the smaller tensor_parallel) whose every stage holds its weights,
+    its workspace and the KV of ``max_num_seqs x max_model_len`` tokens: a full batch never preempts.
+    ``tensor_parallel: auto`` tries the divisors of the model's attention heads. Returns the scenario
+    with integers and the keys that were derived."""
+    dep, sched = cfg.deployment, cfg.scheduler
+    derived = tuple(k for k in ("tensor_parallel", "pipeline_parallel") if getattr(dep, k) == "auto")
+    if not derived:
+        return cfg, ()
+    p = cfg.precision
+    precision = Precision.of(p.weights, p.activations, p.kv_cache)
+    tps = [dep.tensor_parallel] if dep.tensor_parallel != "auto" else [
+        d for d in range(1, model.num_heads + 1) if model.num_heads % d == 0]
+    pps = [dep.pipeline_parallel] if dep.pipeline_parallel != "auto" else range(1, model.num_layers + 1)
+    kv_tokens = sched.max_num_seqs * max_len
+    best = None
+    for tp in tps:
+        for pp in pps:
+            if best is not None and tp * pp >= best[0] * best[1]:
+                break
+            if stage_fits(model, hw, precision, tp, pp, cfg.kv_cache.gpu_memory_utilization,
+                          sched.max_num_batched_tokens, sched.max_num_seqs, kv_tokens, dep.moe_load_imbalance):
+                best = (tp, pp)
+                break
+    if best is None:
+        fixed = [k for k in ("tensor_parallel", "pipeline_parallel") if k not in derived]
+        hint = "".join(f", or raise deployment.{k} (or make it auto)" for k in fixed)
+        raise ScenarioError("deployment." + derived[-1],
+                            f"auto: no split of {model.name} over {hw.name} devices holds its weights and the KV "
+                            f"of scheduler.max_num_seqs x max_model_len = {sched.max_num_seqs} x {max_len} = "
+                            f"{kv_tokens:,} tokens on every stage; lower those{hint}")
+    update = dict(zip(("tensor_parallel", "pipeline_parallel"), best))
+    return cfg.model_copy(update={"deployment": dep.model_copy(update=update)}), derived
 
 
 def check_beam_search(cfg: Scenario) -> None:

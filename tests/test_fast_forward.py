@@ -88,3 +88,19 @@ def test_no_spans_where_someone_looks_inside_a_replica():
                {"deployment__replicas": 2, "deployment__router": {"policy": "least_kv"}}):
         assert not sim.fast_forward_safe(tiny_resolved(**kw), specs([(0.0, 1, 1)])), kw
     assert not sim.fast_forward_safe(base, specs([(0.0, 1, 1)], users=1))
+
+
+def test_timeout_at_lands_exactly_where_no_delay_can():
+    import simpy
+
+    from simserve.engine.replica import _timeout_at
+    now, t = 0.009774222167285455, 0.11921001034763902
+    delay = t - now
+    assert now + delay != t and now + __import__("math").nextafter(delay, 1.0) != t   # SimPy's way misses
+    env = simpy.Environment()
+    env.run(until=now)
+    seen = []
+    ev = _timeout_at(env, t)
+    ev.callbacks.append(lambda e: seen.append(env.now))
+    env.run()
+    assert seen == [t]

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from ..errors import ScenarioError
 from ..hardware import HardwareProfile
 from ..model import ModelSpec
+from .pipeline import StageSpec, stages
 from .step import Precision
 
 
@@ -118,3 +119,80 @@ def plan_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp:
                 f"kv_cache.layout: paged")
     return MemoryPlan(capacity, usable, weights, acts, kv, per_token, blocks * block_size, blocks, block_size,
                       layout)
+
+
+# --- pipeline parallelism: one plan per stage ---------------------------------------------------------
+
+def stage_weight_bytes_per_device(model: ModelSpec, precision: Precision, tp: int, stage: StageSpec) -> float:
+    """A stage's decoder layers, plus the embedding table on the first stage and the LM head on the last
+    (with tied embeddings each end holds a copy, as vLLM does), split over ``tp`` devices."""
+    table = model.vocab_size * model.hidden_size
+    ends = model.embedding_params if stage.first and stage.last else table * (stage.first + stage.last)
+    return (stage.num_layers * model.params_per_layer + ends) * precision.weight_bytes / tp
+
+
+def stage_activation_bytes_per_device(model: ModelSpec, precision: Precision, tp: int, stage: StageSpec,
+                                      max_num_batched_tokens: int, max_num_seqs: int,
+                                      moe_load_imbalance: float = 1.0) -> float:
+    """:func:`activation_bytes_per_device`, with the fp32 logits on the last stage only."""
+    full = activation_bytes_per_device(model, precision, tp, max_num_batched_tokens, max_num_seqs, moe_load_imbalance)
+    return full if stage.last else full - max_num_seqs * model.vocab_size / tp * 4.0
+
+
+def stage_kv_bytes_per_token(model: ModelSpec, precision: Precision, tp: int, stage: StageSpec) -> float:
+    """:func:`kv_bytes_per_token` for the stage's layers only."""
+    return kv_bytes_per_token(model, precision, tp) * stage.num_layers / model.num_layers
+
+
+def plan_pipeline_memory(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int, pp: int,
+                         gpu_memory_utilization: float, max_num_batched_tokens: int, max_num_seqs: int,
+                         block_size: int, layout: str = "paged", max_model_len: int | None = None,
+                         moe_load_imbalance: float = 1.0) -> tuple[MemoryPlan, tuple[MemoryPlan, ...]]:
+    """Per stage: its weights and workspace, and the KV of its layers in what is left. A token's KV takes a
+    slot on every stage, so the replica holds as many tokens as its tightest stage. Returns that stage's
+    plan (with the replica's blocks) and every stage's plan. Raises :class:`ScenarioError` naming the
+    stage that does not fit."""
+    capacity = hw.weight_memory_bytes
+    usable = capacity * gpu_memory_utilization
+    plans = []
+    for st in stages(model.num_layers, pp):
+        weights = stage_weight_bytes_per_device(model, precision, tp, st)
+        acts = stage_activation_bytes_per_device(model, precision, tp, st, max_num_batched_tokens, max_num_seqs,
+                                                 moe_load_imbalance)
+        per_token = stage_kv_bytes_per_token(model, precision, tp, st)
+        where = f"stage {st.index} ({st.num_layers} layers{', embedding' * st.first}{', LM head' * st.last})"
+        if weights > usable:
+            raise ScenarioError(
+                "deployment.pipeline_parallel",
+                f"{model.name} needs {weights / 1e9:.1f} GB of weights per device on {where} at "
+                f"tensor_parallel={tp}, pipeline_parallel={pp} ({precision.weight_bytes:.4g} bytes/param), but "
+                f"{hw.name} has {capacity / 1e9:.1f} GB ({usable / 1e9:.1f} GB usable at gpu_memory_utilization="
+                f"{gpu_memory_utilization:g}); raise pipeline_parallel or tensor_parallel")
+        kv = usable - weights - acts
+        unit = block_size if layout == "paged" else max_model_len
+        blocks = int(kv // (per_token * unit)) if kv > 0 else 0
+        if blocks < 1:
+            raise ScenarioError(
+                "kv_cache.gpu_memory_utilization",
+                f"no room for the KV cache on {where}: {usable / 1e9:.2f} GB usable - {weights / 1e9:.2f} GB "
+                f"weights - {acts / 1e9:.2f} GB activations leaves less than one block of {unit} tokens; raise "
+                f"pipeline_parallel or tensor_parallel, or lower scheduler.max_num_batched_tokens")
+        plans.append(MemoryPlan(capacity, usable, weights, acts, kv, per_token, blocks * unit, blocks, unit, layout))
+    tight = min(plans, key=lambda p: p.num_blocks)
+    return tight, tuple(plans)
+
+
+def stage_fits(model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int, pp: int,
+               gpu_memory_utilization: float, max_num_batched_tokens: int, max_num_seqs: int,
+               kv_tokens: int, moe_load_imbalance: float = 1.0) -> bool:
+    """Whether every stage of ``tp x pp`` devices holds its weights, its workspace and the KV of
+    ``kv_tokens`` tokens for its layers."""
+    usable = hw.weight_memory_bytes * gpu_memory_utilization
+    for st in stages(model.num_layers, pp):
+        need = (stage_weight_bytes_per_device(model, precision, tp, st)
+                + stage_activation_bytes_per_device(model, precision, tp, st, max_num_batched_tokens,
+                                                    max_num_seqs, moe_load_imbalance)
+                + stage_kv_bytes_per_token(model, precision, tp, st) * kv_tokens)
+        if need > usable:
+            return False
+    return True

@@ -23,6 +23,7 @@ from ..hardware import HardwareProfile
 from ..model import ModelSpec
 from . import ops
 from .batch import BatchShape
+from .pipeline import StageSpec
 
 
 @dataclass(slots=True)
@@ -66,11 +67,17 @@ class RooflineStep:
     ``ep`` spreads the experts of MoE layers over that many of the devices (1: every expert split over
     ``tp``); a dense model (e.g. a speculative draft) has no experts and ignores it.
     ``moe_load_imbalance`` (>= 1) is the busiest device's token-expert pairs over the mean, with ``ep > 1``.
+    ``stage`` (pipeline parallelism): only that stage's layers, the embedding on the first stage, the final
+    norm and LM head on the last, and the per-iteration framework overhead on the first (the driver
+    schedules and launches before stage 1 starts); None is the whole model.
     """
 
     def __init__(self, model: ModelSpec, hw: HardwareProfile, precision: Precision, tp: int, ep: int = 1,
-                 moe_load_imbalance: float = 1.0):
+                 moe_load_imbalance: float = 1.0, stage: StageSpec | None = None):
         self.model, self.hw, self.prec, self.tp = model, hw, precision, tp
+        self.num_layers = model.num_layers if stage is None else stage.num_layers
+        self.first = stage is None or stage.first
+        self.last = stage is None or stage.last
         self.ep = ep if model.num_experts > 1 else 1
         self.moe_load_imbalance = moe_load_imbalance if self.ep > 1 else 1.0
         net = hw.interconnect
@@ -91,7 +98,7 @@ class RooflineStep:
         self.ffn_n = m.ffn_size / tp
         self.kv_value_bytes = precision.kv_bytes_per_value(m.head_size)
         self.window = m.sliding_window
-        self.step_overhead_s = hw.efficiency.step_overhead_us * 1e-6
+        self.step_overhead_s = hw.efficiency.step_overhead_us * 1e-6 if self.first else 0.0
         self._cache: dict = {}      # (T, logits) -> base
         self._layers: dict = {}     # T -> the layers' sums
         self._emb: dict = {}        # T -> embedding kernel
@@ -234,7 +241,7 @@ class RooflineStep:
     def _layer_sums(self, T: int) -> tuple:
         totals = dict.fromkeys(BOUNDS, 0.0)
         flops = bytes_ = 0.0
-        L = self.model.num_layers
+        L = self.num_layers
         for _, op in self.linear_layer_ops(T):
             totals[op.bound] += L * op.time_s
             flops += L * op.flops
@@ -250,7 +257,9 @@ class RooflineStep:
         rest = self._logits.get(logits)
         if rest is None:
             rest = self._logits[logits] = tuple(op for _, op in self.head_ops(BatchShape(num_tokens=0, num_logits=logits))[1:])
-        return (emb, *rest)
+        if self.first and self.last:
+            return (emb, *rest)
+        return ((emb,) if self.first else ()) + (rest if self.last else ())
 
     def step(self, b: BatchShape) -> StepCost:
         """Time of one iteration on this replica, and the bound class that took the most of it."""
@@ -263,7 +272,7 @@ class RooflineStep:
     def general_step(self, b: BatchShape) -> StepCost:
         """:meth:`step` for any batch, through the named kernels of :meth:`_attention`."""
         (compute, memory, network, overhead), flops, bytes_ = self._base(b.num_tokens, b.num_logits)
-        L = self.model.num_layers
+        L = self.num_layers
         for op in self._attention(b):
             if op.bound == ops.COMPUTE:
                 compute += L * op.time_s
@@ -298,14 +307,14 @@ class RooflineStep:
         if e.overlap_exponent is not None and hi > 0.0:
             p = e.overlap_exponent
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-        t = self.model.num_layers * (over + hi)
+        t = self.num_layers * (over + hi)
         if over > hi:
             overhead += t
         elif compute_s >= memory_s:
             compute += t
         else:
             memory += t
-        L = self.model.num_layers
+        L = self.num_layers
         flops += L * fl
         bytes_ += L * by
         overhead += self.step_overhead_s

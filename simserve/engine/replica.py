@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+from heapq import heappush
 from typing import Callable
 
 import simpy
@@ -274,13 +275,17 @@ class Replica:
             self._span_done = stop
 
 
-def _timeout_at(env: simpy.Environment, t: float) -> simpy.Timeout:
-    """A timeout that fires at exactly ``t`` (>= now): the delay whose sum with ``now`` rounds to ``t``."""
-    now = env.now
-    delay = t - now
-    while now + delay != t:
-        delay = math.nextafter(delay, math.inf if now + delay < t else -math.inf)
-    return env.timeout(delay)
+def _timeout_at(env: simpy.Environment, t: float) -> simpy.Event:
+    """An event that fires at exactly ``t`` (>= now), as a timeout would. ``env.timeout(t - now)`` cannot
+    always do it: ``now + (t - now)`` may round to a neighbour of ``t``, and no delay may round to ``t``.
+    So the event goes on SimPy's queue at ``t`` itself, the way ``Environment.schedule`` puts it there
+    (same priority, next sequence number)."""
+    if t < env.now:
+        raise ValueError(f"cannot schedule at {t!r}, before now ({env.now!r})")
+    event = simpy.Event(env)
+    event._ok, event._value = True, None
+    heappush(env._queue, (t, simpy.events.NORMAL, next(env._eid), event))
+    return event
 
 
 def _delay_until(now: float, t: float) -> float:

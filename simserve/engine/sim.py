@@ -16,6 +16,7 @@ from .kv import BlockManager, OffloadTier
 from .prefix import shared_block_hashes, trace_block_hashes
 from .scheduler import ItlRecorder
 from .swap import HostSwap
+from .pipeline import PipelinedReplica
 from .replica import Replica
 from .request import COMPLETED, REJECTED, UNFINISHED, Request
 
@@ -68,12 +69,25 @@ class Cluster:
 
         dis = self.disaggregation = cfg.deployment.disaggregation
         num_prefill = dis.prefill_replicas if dis is not None else 0
-        spans = fast_forward_safe(resolved, specs)
-        self.replicas = [
-            Replica(self.env, i, scheduler(), cost, self.itl, self._prefilled if i < num_prefill else self._finished,
-                    lambda r: self._reject(r, "timeout"), timeout_s, spans)
-            for i in range(cfg.deployment.replicas)
-        ]
+        pp = cfg.deployment.pipeline_parallel
+        self.engine_blocks = plan.num_blocks // pp     # each virtual engine's share of the KV cache
+        if pp == 1:
+            spans = fast_forward_safe(resolved, specs)
+            self.replicas = [
+                Replica(self.env, i, scheduler(), cost, self.itl, self._prefilled if i < num_prefill else self._finished,
+                        lambda r: self._reject(r, "timeout"), timeout_s, spans)
+                for i in range(cfg.deployment.replicas)
+            ]
+        else:
+            stage_costs, send_s = pipeline_costs(resolved, step_scale)
+
+            def engine():
+                return sched_cls(cfg.scheduler, BlockManager(self.engine_blocks, plan.block_size))
+            self.replicas = [
+                PipelinedReplica(self.env, i, [engine() for _ in range(pp)], stage_costs, send_s, self.itl,
+                                 self._finished, lambda r: self._reject(r, "timeout"), timeout_s)
+                for i in range(cfg.deployment.replicas)
+            ]
         for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
             if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
                 rep.scheduler.bind(cost, cost_of, sched_rng)
@@ -100,7 +114,7 @@ class Cluster:
         self.requests.append(req)
         if req.prompt_tokens + req.output_tokens > self.resolved.max_model_len:
             self._reject(req, "exceeds_max_model_len")
-        elif req.max_kv_blocks(self.resolved.memory.block_size) > self.resolved.memory.num_blocks:
+        elif req.max_kv_blocks(self.resolved.memory.block_size) > self.engine_blocks:
             self._reject(req, "exceeds_kv_capacity")
         elif self.disaggregation is None:
             self._route(req)
@@ -259,8 +273,11 @@ class Cluster:
                     req.outcome, req.reason = UNFINISHED, "not_arrived"
                     self.requests.append(req)
         for rep in self.replicas:
-            rep.flush(env.now)
+            if isinstance(rep, Replica):
+                rep.flush(env.now)
             rep.scheduler.settle()
+            if isinstance(rep, PipelinedReplica):
+                rep.pipeline.settle(env.now)
             if not rep.up:
                 rep.stats.down_s += env.now - rep._down_since
         return RunRecord(self.requests, np.frombuffer(self.itl.values, dtype=float),
@@ -287,11 +304,36 @@ def fast_forward_safe(resolved: Resolved, specs: RequestSpecs) -> bool:
     """Whether replicas may sleep through spans of quiet iterations (see :mod:`.replica`): only when no
     one looks inside a replica between its events. Failures interrupt replicas at any time, closed-loop
     users and disaggregated pools submit at iteration ends, prefix caching and parallel sampling share
-    KV blocks, and a KV-reading router would see the span's bookkeeping late."""
+    KV blocks (as beams do), pipelined replicas have their own loop, and a KV-reading router would see the span's bookkeeping late."""
     cfg = resolved.config
     return (not cfg.failures.enabled and specs.closed_loop_users is None and cfg.deployment.disaggregation is None
-            and not cfg.kv_cache.enable_prefix_caching and cfg.sampling.n == 1
-            and cfg.deployment.router.policy in SPAN_SAFE_ROUTERS)
+            and not cfg.kv_cache.enable_prefix_caching and cfg.sampling.n == 1 and cfg.sampling.beam_width == 1
+            and cfg.deployment.pipeline_parallel == 1 and cfg.deployment.router.policy in SPAN_SAFE_ROUTERS)
+
+
+def pipeline_costs(resolved: Resolved, step_scale: float = 1.0):
+    """Each stage's step-time model, and ``send_s(stage, shape)``: the activation transfer from ``stage`` to
+    the next, over the intra- or inter-node link as the stage boundary falls (``transfer_s`` of the
+    constant cost model instead, when it has one)."""
+    from ..cost import pipeline as pl
+
+    cfg, hw, m = resolved.config, resolved.hardware, resolved.model
+    dep = cfg.deployment
+    impl = policies.COST_MODELS.impl(cfg.cost_model.kind)
+    stage_costs = []
+    for spec in pl.stages(m.num_layers, dep.pipeline_parallel):
+        fn = impl(cfg.cost_model, m, hw, resolved.precision, dep.tensor_parallel, stage=spec,
+                  **resolved.expert_parallelism)
+        stage_costs.append(fn if step_scale == 1.0 else _scaled(fn, step_scale))
+    fixed = getattr(cfg.cost_model, "transfer_s", None)
+    if fixed is not None:
+        return stage_costs, lambda stage, shape: fixed * step_scale
+    links = [pl.link_of(hw, name) for name in pl.boundary_links(hw, dep.tensor_parallel, dep.pipeline_parallel)]
+    act, eff = resolved.precision.act_bytes, hw.efficiency.send_recv
+
+    def send_s(stage: int, shape) -> float:
+        return pl.activation_transfer_s(shape.num_tokens, m.hidden_size, act, links[stage], eff) * step_scale
+    return stage_costs, send_s
 
 
 def _router(params, num_replicas: int):

@@ -17,7 +17,10 @@ class RooflineParams(Frozen):
 
 class ConstantParams(Frozen):
     kind: Literal["constant"]
-    step_s: float = Field(gt=0, description="Duration of every iteration, seconds")
+    step_s: float = Field(gt=0, description="Duration of every iteration, seconds (of every stage's part of it "
+                          "with deployment.pipeline_parallel > 1)")
+    transfer_s: float = Field(0.0, ge=0, description="With deployment.pipeline_parallel > 1: seconds of each "
+                              "activation transfer between two stages")
 
 
 class LinearParams(Frozen):
@@ -34,18 +37,18 @@ class LinearParams(Frozen):
 
 
 @COST_MODELS.register(RooflineParams)
-def roofline(params, model, hw, precision, tp, ep=1, moe_load_imbalance=1.0):
+def roofline(params, model, hw, precision, tp, ep=1, moe_load_imbalance=1.0, stage=None):
     """Operator-level roofline with the hardware profile's (calibrated) efficiencies."""
-    return RooflineStep(model, hw, precision, tp, ep, moe_load_imbalance)
+    return RooflineStep(model, hw, precision, tp, ep, moe_load_imbalance, stage)
 
 
 @COST_MODELS.register(ConstantParams)
-def constant(params, model, hw, precision, tp, **expert_parallelism):
+def constant(params, model, hw, precision, tp, stage=None, **expert_parallelism):
     """Every iteration takes step_s (exact timelines in tests)."""
     return ConstantStep(params.step_s)
 
 
 @COST_MODELS.register(LinearParams)
-def linear(params, model, hw, precision, tp, **expert_parallelism):
+def linear(params, model, hw, precision, tp, stage=None, **expert_parallelism):
     """base_s + per_token_s * tokens + per_seq_s * sequences."""
     return LinearStep(params.base_s, params.per_token_s, params.per_seq_s)
