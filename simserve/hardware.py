@@ -55,7 +55,8 @@ class OpEfficiency(Frozen):
     The last two fields are optional shape terms of :mod:`simserve.cost.ops`; their defaults give exactly
     the plain roofline above. ``overlap_exponent`` joins compute and memory time (GEMM, attention);
     ``unit_overhead_ns`` is a fixed cost per parallel work unit (attention: one sequence times one head).
-    Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale``.
+    Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
+    :func:`simserve.cost.ops.allreduce_s`).
     """
 
     flops_fraction: float = Field(gt=0, le=1)
@@ -67,7 +68,7 @@ class OpEfficiency(Frozen):
     unit_overhead_ns: float = Field(
         default=0.0, ge=0, description="Attention: fixed cost per (sequence, head) work unit, nanoseconds")
     hop_latency_scale: float = Field(
-        default=1.0, ge=0, description="Collectives: multiplier on the link latency per algorithm hop")
+        default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
 
 
 class Efficiency(Frozen):

@@ -56,8 +56,8 @@ class Points:
     bytes: np.ndarray
     peak_flops_s: np.ndarray
     bandwidth_bytes_s: np.ndarray
-    units: np.ndarray       # attention work units (sequence x head); 0 elsewhere
-    hop_s: np.ndarray       # collectives: link latency times the algorithm's hop count; 0 elsewhere
+    units: np.ndarray       # attention work units (sequence x head); all-reduce: devices; 0 elsewhere
+    hop_s: np.ndarray       # collectives: the link latency (send/recv: of its one hop); 0 elsewhere
     latency_s: np.ndarray
     outside: np.ndarray     # "" inside the fitted domain, else why not (such points are only predicted)
 
@@ -266,9 +266,9 @@ def allreduce_points(ds: Dataset, hw: HardwareProfile) -> Points:
         p, msg = p.to_numpy(float), msg.to_numpy(float)
         frames.append(_frame({
             "source": source, "key": np.char.add(np.char.add(msg.astype(np.int64).astype(str), "B/"), p.astype(np.int64).astype(str)),
-            "flops": 0.0, "bytes": 2.0 * (p - 1) / p * msg,    # ring all-reduce, as ops.allreduce_time
+            "flops": 0.0, "bytes": msg, "units": p,    # ops.allreduce_s: message bytes, devices, link latency
             "peak_flops_s": 1.0, "bandwidth_bytes_s": link.bandwidth_gb_s * 1e9,
-            "hop_s": 2.0 * (p - 1) * link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
+            "hop_s": link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
     return _points(hw.name, "allreduce", frames)
 
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 
+from ..cost import ops
 from .dataset import Points
 
 K_FOLDS = 5
@@ -60,7 +62,10 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     """Vectorised twin of the :mod:`simserve.cost.ops` functions for these points (seconds).
 
     Computed in log space (``max(c, m) * (1 + (min/max)^p)^(1/p)`` as ``exp(log max + log1p(...)/p)``),
-    which is faster and equal to the scalar formulas to rounding."""
+    which is faster and equal to the scalar formulas to rounding. All-reduce points call
+    :func:`~simserve.cost.ops.allreduce_s` itself (message bytes, devices, link latency)."""
+    if p.op_class == "allreduce":
+        return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params))
     with np.errstate(divide="ignore"):
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
         log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])

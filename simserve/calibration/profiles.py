@@ -18,7 +18,7 @@ METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator clas
 
 _DATAFLOW = ("assumption: the fractions of peak (and compute/memory overlap) of the measured H100; a statically "
              "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero, and its "
-             "collectives pay the plain ring latency of its own links")
+             "collectives pay one link latency per algorithm stage of its own links")
 # unmeasured device -> (device whose parameters it takes, why)
 CARRY_OVER = {
     "a100-sxm-40gb": ("a100-sxm-80gb", "same GA100 die and kernels as the measured A100 80GB; fractions apply to "

@@ -8,11 +8,14 @@ are the per-operator-class parameters of :class:`simserve.hardware.OpEfficiency`
 Two optional shape terms refine this where measurements demand it; their defaults give the plain roofline:
 ``overlap_exponent`` replaces ``max`` by a p-norm (a kernel near its ridge point is limited by both
 compute and memory), and ``unit_overhead_ns`` charges attention kernels per (sequence, head) work unit.
-Collectives scale the link's hop latency by ``hop_latency_scale`` (1-shot/2-shot all-reduce vs. a ring).
+All-reduce follows vLLM: its custom one-/two-shot kernel for small messages inside a node (each stage costs
+``hop_latency_scale`` link latencies), NCCL's ring with a fixed ``overhead_us`` otherwise.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..hardware import OpEfficiency
 
@@ -110,16 +113,40 @@ def elementwise_time(num_elements: float, flops_per_element: float, bytes_per_el
                       peak_flops_s, bandwidth_bytes_s, eff)
 
 
+# vLLM's custom all-reduce kernel handles messages below its buffer size (8 MiB by default) inside one
+# NVLink/NVSwitch domain; larger messages, and groups that span nodes, go to NCCL's ring.
+CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 2**20
+
+
+def allreduce_s(message_bytes, num_devices, link_bandwidth_bytes_s, link_latency_s, eff: OpEfficiency,
+                custom_kernel=True):
+    """All-reduce seconds (scalars or numpy arrays). A ring moves ``2 (p-1)/p`` of the message per device.
+
+    Below ``CUSTOM_ALLREDUCE_MAX_BYTES`` inside a node, vLLM's custom kernel runs whichever is faster of
+    one-shot (one stage: every device reads the ``p-1`` peer buffers) and two-shot (two stages:
+    reduce-scatter then all-gather, the ring's bytes); each stage pays one cross-device handshake of
+    ``hop_latency_scale`` link latencies. Otherwise NCCL's ring pays ``overhead_us`` (launch and
+    protocol set-up) and, across nodes, the link latency of each of its ``2 (p-1)`` steps."""
+    p = np.asarray(num_devices, dtype=float)
+    m = np.asarray(message_bytes, dtype=float)
+    bw = link_bandwidth_bytes_s * eff.bandwidth_fraction
+    ring_s = 2.0 * (p - 1) / p * m / bw
+    stage_s = eff.hop_latency_scale * link_latency_s
+    custom_s = np.minimum(stage_s + (p - 1) * m / bw, 2.0 * stage_s + ring_s)
+    nccl_s = eff.overhead_us * 1e-6 + ring_s + np.where(custom_kernel, 0.0, 2.0 * (p - 1) * link_latency_s)
+    out = np.where(custom_kernel & (m < CUSTOM_ALLREDUCE_MAX_BYTES), custom_s, nccl_s)
+    return np.where(p > 1, out, 0.0)
+
+
 def allreduce_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_s: float,
-                   link_latency_s: float, eff: OpEfficiency) -> OpTime:
-    """Ring all-reduce: each device sends and receives ``2 (p-1)/p`` of the message, in ``2 (p-1)`` hops."""
+                   link_latency_s: float, eff: OpEfficiency, custom_kernel: bool = True) -> OpTime:
+    """All-reduce of ``message_bytes`` over ``num_devices`` (see :func:`allreduce_s`); ``custom_kernel``
+    is False when the group spans nodes."""
     if num_devices <= 1:
         return OpTime(0.0, NETWORK, 0.0, 0.0)
     p = num_devices
-    wire_bytes = 2.0 * (p - 1) / p * message_bytes
-    wire_s = wire_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
-    latency_s = eff.hop_latency_scale * 2.0 * (p - 1) * link_latency_s + eff.overhead_us * 1e-6
-    return OpTime(wire_s + latency_s, NETWORK, 0.0, wire_bytes)
+    time_s = float(allreduce_s(message_bytes, p, link_bandwidth_bytes_s, link_latency_s, eff, custom_kernel))
+    return OpTime(time_s, NETWORK, 0.0, 2.0 * (p - 1) / p * message_bytes)
 
 
 def send_recv_time(message_bytes: float, link_bandwidth_bytes_s: float, link_latency_s: float,

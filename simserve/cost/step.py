@@ -80,7 +80,8 @@ class RooflineStep:
         self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)      # GEMMs
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
-        link = hw.interconnect.intra_node if tp <= hw.interconnect.devices_per_node else hw.interconnect.inter_node
+        self.intra_node_tp = tp <= hw.interconnect.devices_per_node
+        link = hw.interconnect.intra_node if self.intra_node_tp else hw.interconnect.inter_node
         self.link_bw_bytes_s = link.bandwidth_gb_s * 1e9
         self.link_latency_s = link.latency_us * 1e-6
         m = model
@@ -114,7 +115,8 @@ class RooflineStep:
             ("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pa, bw, e.elementwise)),
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
-        allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce)
+        allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s,
+                                      e.allreduce, custom_kernel=self.intra_node_tp)
         add = ops.elementwise_time(T * m.hidden_size, 1.0, 3 * ab, pa, bw, e.elementwise)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
