@@ -34,17 +34,21 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
     "overlap_exponent": (lambda v: math.log(v - 1.0), lambda x: 1.0 + math.exp(x), 2.0),
     "unit_overhead_ns": (math.log, math.exp, 10.0),
     "hop_latency_scale": (math.log, math.exp, 1.0),
+    "row_bandwidth_gb_s": (math.log, math.exp, 10.0),
+    "concurrent_rows": (math.log, math.exp, 100.0),
+    "reduction_overhead_us": (math.log, math.exp, 1.0),
 }
 # Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
-         "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0}
+         "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_rows": None,
+         "reduction_overhead_us": 0.0}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
     "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent"),
     "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
     "attention_decode": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
-    "elementwise": ("bandwidth_fraction", "overhead_us"),
+    "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "concurrent_rows", "reduction_overhead_us"),
     "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale"),
     "send_recv": ("bandwidth_fraction", "overhead_us"),
 }
@@ -62,10 +66,13 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     """Vectorised twin of the :mod:`simserve.cost.ops` functions for these points (seconds).
 
     Computed in log space (``max(c, m) * (1 + (min/max)^p)^(1/p)`` as ``exp(log max + log1p(...)/p)``),
-    which is faster and equal to the scalar formulas to rounding. All-reduce points call
-    :func:`~simserve.cost.ops.allreduce_s` itself (message bytes, devices, link latency)."""
+    which is faster and equal to the scalar formulas to rounding. All-reduce and streaming points
+    call :func:`~simserve.cost.ops.allreduce_s` and :func:`~simserve.cost.ops.streaming_s` themselves."""
     if p.op_class == "allreduce":
         return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params))
+    if p.op_class == "elementwise":
+        return ops.streaming_s(p.units, p.flops, p.bytes, p.per_token_blocks > 0, p.reductions, p.launches,
+                               p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params))
     with np.errstate(divide="ignore"):
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
         log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])

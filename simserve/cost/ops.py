@@ -106,11 +106,67 @@ def decode_attention_flops(num_heads: float, head_dim: float, sum_ctx_plus_one: 
     return 4.0 * num_heads * head_dim * sum_ctx_plus_one
 
 
-def elementwise_time(num_elements: float, flops_per_element: float, bytes_per_element: float,
+@dataclass(frozen=True, slots=True)
+class StreamingKernel:
+    """A memory-streaming kernel, per element of its output: FLOPs, activation-sized values read from and
+    written to memory, and how its launch grid is cut. ``per_token_blocks``: one thread block walks each
+    token's row (vLLM's norm, activation and rotary kernels), so a few tokens cannot fill the GPU;
+    otherwise a flat grid (PyTorch's element-wise ops). ``reduction``: a block-wide reduction and a
+    second pass over the row (norms); the second read hits the cache, so it adds no memory bytes."""
+
+    flops_per_element: float
+    reads: float
+    writes: float
+    per_token_blocks: bool
+    reduction: bool = False
+
+    def bytes_per_element(self, act_bytes: float) -> float:
+        return (self.reads + self.writes) * act_bytes
+
+
+RMS_NORM = StreamingKernel(5.0, reads=1, writes=1, per_token_blocks=True, reduction=True)
+ROTARY = StreamingKernel(6.0, reads=1, writes=1, per_token_blocks=True)      # in place on Q and K
+RESIDUAL_ADD = StreamingKernel(1.0, reads=2, writes=1, per_token_blocks=False)
+EMBEDDING = StreamingKernel(0.0, reads=1, writes=1, per_token_blocks=False)  # a gather of rows
+
+
+def activation_kernel(ffn_matrices: int, per_token_blocks: bool = True) -> StreamingKernel:
+    """The FFN activation: a gated FFN (3 matrices) reads the gate and up halves and writes one value
+    (SiLU-and-mul), a plain one (2 matrices) reads one and writes one."""
+    return StreamingKernel(8.0, reads=ffn_matrices - 1, writes=1, per_token_blocks=per_token_blocks)
+
+
+def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launches, peak_flops_s,
+                bandwidth_bytes_s, eff: OpEfficiency):
+    """Seconds of streaming kernels (scalars or numpy arrays): ``launches`` kernels' fixed overhead, plus
+    ``reduction_overhead_us`` each for a norm's reduction, plus the larger of compute and memory time.
+    Memory time is the bytes at the achievable bandwidth, but for per-token-block kernels no less than
+    their rows take: a block moves its row at ``row_bandwidth_gb_s`` and at most ``concurrent_rows``
+    blocks run at once (about the SM count), so below that many tokens the time is one row's."""
+    compute_s = flops / (peak_flops_s * eff.flops_fraction)
+    memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    if eff.row_bandwidth_gb_s is not None and eff.concurrent_rows is not None:
+        tokens = np.maximum(num_tokens, 1.0)
+        row_s = bytes_ / (eff.row_bandwidth_gb_s * 1e9) * np.maximum(1.0 / tokens, 1.0 / eff.concurrent_rows)
+        memory_s = np.where(per_token_blocks, np.maximum(memory_s, row_s), memory_s)
+    fixed_s = launches * eff.overhead_us * 1e-6 + reductions * eff.reduction_overhead_us * 1e-6
+    return fixed_s + np.maximum(compute_s, memory_s)
+
+
+def elementwise_time(num_tokens: float, elements_per_token: float, kernel: StreamingKernel, act_bytes: float,
                      peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
-    """Norms, activations, rotary embedding, residual adds: streaming kernels, usually memory-bound."""
-    return roofline_s(num_elements * flops_per_element, num_elements * bytes_per_element,
-                      peak_flops_s, bandwidth_bytes_s, eff)
+    """Norms, activations, rotary embedding, residual adds: one streaming kernel over ``num_tokens`` rows
+    of ``elements_per_token`` (see :func:`streaming_s`)."""
+    n = num_tokens * elements_per_token
+    flops, bytes_ = n * kernel.flops_per_element, n * kernel.bytes_per_element(act_bytes)
+    time_s = float(streaming_s(num_tokens, flops, bytes_, kernel.per_token_blocks, float(kernel.reduction), 1.0,
+                               peak_flops_s, bandwidth_bytes_s, eff))
+    fixed_s = eff.overhead_us * 1e-6 + kernel.reduction * eff.reduction_overhead_us * 1e-6
+    body_s = time_s - fixed_s
+    bound = COMPUTE if flops / (peak_flops_s * eff.flops_fraction) >= body_s else MEMORY
+    if fixed_s > body_s:
+        bound = OVERHEAD
+    return OpTime(time_s, bound, flops, bytes_)
 
 
 # vLLM's custom all-reduce kernel handles messages below its buffer size (8 MiB by default) inside one
