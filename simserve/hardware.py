@@ -55,8 +55,8 @@ class OpEfficiency(Frozen):
     The last two fields are optional shape terms of :mod:`simserve.cost.ops`; their defaults give exactly
     the plain roofline above. ``overlap_exponent`` joins compute and memory time (GEMM, attention);
     ``unit_overhead_ns`` is a fixed cost per parallel work unit (attention: one sequence times one head).
-    Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_rows`` and ``reduction_overhead_us`` (see
-    :func:`simserve.cost.ops.streaming_s`).
+    Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_blocks`` and ``reduction_overhead_us`` (see
+    :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
     :func:`simserve.cost.ops.allreduce_s`).
     """
@@ -72,8 +72,10 @@ class OpEfficiency(Frozen):
     row_bandwidth_gb_s: float | None = Field(
         default=None, gt=0,
         description="Streaming kernels with one thread block per token: bytes one block moves, 1e9 bytes/s")
-    concurrent_rows: float | None = Field(
-        default=None, gt=0, description="Streaming kernels: thread blocks (token rows) running at once")
+    concurrent_blocks: float | None = Field(
+        default=None, gt=0,
+        description="Thread blocks running at once (about SMs x blocks per SM): streaming kernels' token rows, "
+                    "prefill attention's query tiles x heads; fewer leave SMs idle")
     reduction_overhead_us: float = Field(
         default=0.0, ge=0, description="Streaming kernels with a reduction (norms): extra fixed cost, microseconds")
     hop_latency_scale: float = Field(

@@ -63,6 +63,7 @@ class Points:
     per_token_blocks: np.ndarray   # streaming: 1 if one thread block per token (ops.StreamingKernel)
     reductions: np.ndarray         # streaming: norm reductions per measured op
     launches: np.ndarray           # streaming: kernels per measured op
+    blocks: np.ndarray             # prefill attention: thread blocks (ops.prefill_blocks); 0 elsewhere
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -77,7 +78,7 @@ class Points:
 
 
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
-           "outside", "per_token_blocks", "reductions", "launches")
+           "outside", "per_token_blocks", "reductions", "launches", "blocks")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -113,7 +114,7 @@ def _keys(*columns) -> np.ndarray:
 def _frame(d: dict) -> pd.DataFrame:
     n = len(d["latency_s"])
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
-            "reductions": 0.0, "launches": 1.0}
+            "reductions": 0.0, "launches": 1.0, "blocks": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -226,14 +227,16 @@ def _attention_frame(hw: HardwareProfile, op_class: str, source: str, seqs, q, c
         flops = ops.prefill_attention_flops(heads, head_dim, seqs * q * c, seqs * q * q, tokens)
         bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, tokens, seqs * (c + q), ACT_BYTES, ACT_BYTES)
         units = seqs * heads        # prefill kernels split by sequence and query head
+        blocks = ops.prefill_blocks(heads, seqs, tokens)
     else:  # decode: q == 1; step.py passes the cached tokens as the KV read
         flops = ops.decode_attention_flops(heads, head_dim, seqs * (c + 1))
         bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, seqs, seqs * c, ACT_BYTES, ACT_BYTES)
         units = seqs * kv_heads     # decode kernels pack a KV head's query heads into one unit
+        blocks = 0.0                # split-KV fills the GPU: no occupancy term
     outside = np.where(head_dim != HEAD_DIM, f"head_dim != {HEAD_DIM}", "")
     return _frame({
         "source": source, "key": _keys(seqs, q, c, heads, kv_heads, head_dim), "ref": ref, "outside": outside,
-        "flops": flops, "bytes": bytes_, "units": units,
+        "flops": flops, "bytes": bytes_, "units": units, "blocks": blocks,
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
         "latency_s": np.asarray(latency_s, dtype=float)})
 

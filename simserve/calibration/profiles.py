@@ -34,9 +34,9 @@ CARRY_OVER = {
     "cerebras-cs3": ("h100-sxm-80gb", _DATAFLOW),
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
-           "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_rows", "reduction_overhead_us")
+           "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us")
 _DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
-             "concurrent_rows": None, "reduction_overhead_us": 0.0}
+             "concurrent_blocks": None, "reduction_overhead_us": 0.0}
 
 
 def _num(v: float) -> str:
@@ -135,7 +135,7 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
         q = {f: p.get(f, _DEFAULTS.get(f)) for f in _FIELDS}
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
-                     concurrent_rows=None, reduction_overhead_us=0.0)
+                     concurrent_blocks=None, reduction_overhead_us=0.0)
         out[oc] = q
     return out
 

@@ -58,13 +58,34 @@ def roofline_s(flops: float, bytes_: float, peak_flops_s: float, bandwidth_bytes
     return _roofline(flops, bytes_, peak_flops_s, bandwidth_bytes_s, eff, eff.overhead_us * 1e-6)
 
 
+PREFILL_QUERY_TILE = 128    # query rows per thread block of FlashAttention's forward kernel at head_dim 128
+
+
+def prefill_blocks(num_heads: float, num_seqs: float, num_tokens: float) -> float:
+    """Thread blocks of a prefill attention kernel: one per (query tile, head). From per-batch sums only,
+    the tiles are ``max(seqs, tokens / tile)``: exact when every prompt is a multiple of the tile or
+    shorter than one, a slight undercount otherwise."""
+    return num_heads * np.maximum(num_seqs, num_tokens / PREFILL_QUERY_TILE)
+
+
+def occupancy(blocks, eff: OpEfficiency):
+    """Fraction of the GPU a kernel of ``blocks`` thread blocks keeps busy: ``min(1, blocks /
+    concurrent_blocks)``; 1 without ``concurrent_blocks`` or without a block count (``blocks <= 0``)."""
+    if eff.concurrent_blocks is None:
+        return np.ones_like(blocks, dtype=float) if isinstance(blocks, np.ndarray) else 1.0
+    return np.where(np.asarray(blocks) > 0, np.minimum(1.0, np.asarray(blocks) / eff.concurrent_blocks), 1.0)
+
+
 def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
-                   eff: OpEfficiency) -> OpTime:
+                   eff: OpEfficiency, blocks: float = 0.0) -> OpTime:
     """A fused attention kernel: the roofline plus a fixed cost per work unit, one sequence times one head
     (query heads for prefill kernels, KV heads for decode kernels: the units their launch grids split by).
-    With ``eff.unit_overhead_ns == 0`` this is :func:`roofline_s`."""
+    ``blocks`` (prefill: :func:`prefill_blocks`) fewer than ``concurrent_blocks`` leave SMs idle, which
+    slows the compute part by :func:`occupancy`. With ``eff.unit_overhead_ns == 0`` and no
+    ``concurrent_blocks`` this is :func:`roofline_s`."""
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
-    return _roofline(flops, bytes_, peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
+    busy = float(occupancy(blocks, eff))
+    return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:
@@ -141,13 +162,13 @@ def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launche
     """Seconds of streaming kernels (scalars or numpy arrays): ``launches`` kernels' fixed overhead, plus
     ``reduction_overhead_us`` each for a norm's reduction, plus the larger of compute and memory time.
     Memory time is the bytes at the achievable bandwidth, but for per-token-block kernels no less than
-    their rows take: a block moves its row at ``row_bandwidth_gb_s`` and at most ``concurrent_rows``
+    their rows take: a block moves its row at ``row_bandwidth_gb_s`` and at most ``concurrent_blocks``
     blocks run at once (about the SM count), so below that many tokens the time is one row's."""
     compute_s = flops / (peak_flops_s * eff.flops_fraction)
     memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
-    if eff.row_bandwidth_gb_s is not None and eff.concurrent_rows is not None:
+    if eff.row_bandwidth_gb_s is not None and eff.concurrent_blocks is not None:
         tokens = np.maximum(num_tokens, 1.0)
-        row_s = bytes_ / (eff.row_bandwidth_gb_s * 1e9) * np.maximum(1.0 / tokens, 1.0 / eff.concurrent_rows)
+        row_s = bytes_ / (eff.row_bandwidth_gb_s * 1e9) * np.maximum(1.0 / tokens, 1.0 / eff.concurrent_blocks)
         memory_s = np.where(per_token_blocks, np.maximum(memory_s, row_s), memory_s)
     fixed_s = launches * eff.overhead_us * 1e-6 + reductions * eff.reduction_overhead_us * 1e-6
     return fixed_s + np.maximum(compute_s, memory_s)

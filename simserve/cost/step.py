@@ -148,7 +148,8 @@ class RooflineStep:
                 fl = min(fl, ops.decode_attention_flops(self.heads, d, b.prefill_tokens * W))  # W keys per query
                 keys = min(keys, b.prefill_tokens + b.prefill_seqs * (W - 1))
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, keys, ab, kb)
-            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill))
+            blocks = ops.prefill_blocks(self.heads, b.prefill_seqs, b.prefill_tokens)
+            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill, blocks))
         if b.decode_seqs:
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
