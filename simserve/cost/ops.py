@@ -65,7 +65,8 @@ def prefill_blocks(num_heads: float, num_seqs: float, num_tokens: float) -> floa
     """Thread blocks of a prefill attention kernel: one per (query tile, head). From per-batch sums only,
     the tiles are ``max(seqs, tokens / tile)``: exact when every prompt is a multiple of the tile or
     shorter than one, a slight undercount otherwise."""
-    return num_heads * np.maximum(num_seqs, num_tokens / PREFILL_QUERY_TILE)
+    tiles = num_tokens / PREFILL_QUERY_TILE
+    return num_heads * (np.maximum(num_seqs, tiles) if isinstance(tiles, np.ndarray) else max(num_seqs, tiles))
 
 
 def occupancy(blocks, eff: OpEfficiency):
@@ -81,10 +82,10 @@ def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s:
     """A fused attention kernel: the roofline plus a fixed cost per work unit, one sequence times one head
     (query heads for prefill kernels, KV heads for decode kernels: the units their launch grids split by).
     ``blocks`` (prefill: :func:`prefill_blocks`) fewer than ``concurrent_blocks`` leave SMs idle, which
-    slows the compute part by :func:`occupancy`. With ``eff.unit_overhead_ns == 0`` and no
-    ``concurrent_blocks`` this is :func:`roofline_s`."""
+    slows the compute part by :func:`occupancy` (computed here on scalars). With ``eff.unit_overhead_ns
+    == 0`` and no ``concurrent_blocks`` this is :func:`roofline_s`."""
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
-    busy = float(occupancy(blocks, eff))
+    busy = 1.0 if eff.concurrent_blocks is None or blocks <= 0 else min(1.0, blocks / eff.concurrent_blocks)
     return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
 
 
