@@ -21,10 +21,14 @@ WHY = {
                          "prompts of 64-128 tokens at small batch are still over-predicted by 10-20% and prompts "
                          "of 512-2048 tokens of a single sequence under-predicted by ~10%: FlashAttention's "
                          "per-shape tile and split choices, which per-batch sums cannot follow.",
-    "attention_decode": "vLLM 0.14's FlashAttention-2 decode on A100 has step changes the roofline cannot follow: "
-                        "a batch of one sequence is ~30% faster than the overhead fitted on the rest, contexts "
-                        "below 128 tokens cost the same as empty ones at large batch (the KV read is not visible), "
-                        "and one or two sequences with very long contexts cannot fill the SMs.",
+    "attention_decode": "vLLM 0.14's FlashAttention-2 decode on A100 takes different paths the per-batch roofline "
+                        "cannot follow: with as many query heads as KV heads it runs one thread block per "
+                        "(sequence, head) over the whole context at about 22 GB/s per block (no split-KV), so a "
+                        "few sequences of few heads at long contexts run up to 50x slower than the DRAM roofline; "
+                        "its fixed cost is ~12.5 us for one sequence or one KV head but ~18.5 us for larger "
+                        "grouped-query batches (a per-block bandwidth term recovered the first at 22.9 GB/s but "
+                        "gained only 3 points of p90, so it was not adopted); and contexts below 128 tokens cost "
+                        "the same as empty ones at large batch.",
     "elementwise": "the model gives each kernel its own bytes, FLOPs and launch grid (norm, rotary and "
                    "activation run one thread block per token, the fit finds about as many concurrent rows as the "
                    "GPU has SMs on A100 and H100; the residual add streams near full DRAM bandwidth), and the "
