@@ -55,7 +55,10 @@ class OpEfficiency(Frozen):
     The last two fields are optional shape terms of :mod:`simserve.cost.ops`; their defaults give exactly
     the plain roofline above. ``overlap_exponent`` joins compute and memory time (GEMM, attention);
     ``unit_overhead_ns`` is a fixed cost per parallel work unit (attention: one sequence times one head).
-    Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale``.
+    Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_blocks`` and ``reduction_overhead_us`` (see
+    :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
+    Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
+    :func:`simserve.cost.ops.allreduce_s`).
     """
 
     flops_fraction: float = Field(gt=0, le=1)
@@ -66,8 +69,17 @@ class OpEfficiency(Frozen):
         description="p in (compute^p + memory^p)^(1/p): None is max() (full overlap), 1 is the sum (none)")
     unit_overhead_ns: float = Field(
         default=0.0, ge=0, description="Attention: fixed cost per (sequence, head) work unit, nanoseconds")
+    row_bandwidth_gb_s: float | None = Field(
+        default=None, gt=0,
+        description="Streaming kernels with one thread block per token: bytes one block moves, 1e9 bytes/s")
+    concurrent_blocks: float | None = Field(
+        default=None, gt=0,
+        description="Thread blocks running at once (about SMs x blocks per SM): streaming kernels' token rows, "
+                    "prefill attention's query tiles x heads; fewer leave SMs idle")
+    reduction_overhead_us: float = Field(
+        default=0.0, ge=0, description="Streaming kernels with a reduction (norms): extra fixed cost, microseconds")
     hop_latency_scale: float = Field(
-        default=1.0, ge=0, description="Collectives: multiplier on the link latency per algorithm hop")
+        default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
 
 
 class Efficiency(Frozen):

@@ -25,17 +25,17 @@ SHARED = Path("/work/shared/calibration")
 # Held-out (median, p90) in percent as measured when this file was written; a change that makes any of
 # them worse by more than half a point fails. Targets: median <= 8, p90 <= 20 per class.
 RECORDED = {
-    ("a100-sxm-80gb", "gemm"): (7.3, 20.5), ("a100-sxm-80gb", "attention_prefill"): (5.7, 24.6),
-    ("a100-sxm-80gb", "attention_decode"): (10.9, 45.6), ("a100-sxm-80gb", "elementwise"): (9.4, 40.7),
-    ("a100-sxm-80gb", "allreduce"): (10.0, 33.8), ("a100-sxm-80gb", "send_recv"): (7.2, 19.4),
-    ("h100-sxm-80gb", "gemm"): (6.3, 19.7), ("h100-sxm-80gb", "attention_prefill"): (5.5, 19.8),
-    ("h100-sxm-80gb", "attention_decode"): (5.1, 18.8), ("h100-sxm-80gb", "elementwise"): (10.8, 43.1),
-    ("h100-sxm-80gb", "allreduce"): (9.1, 29.4), ("h100-sxm-80gb", "send_recv"): (1.1, 8.5),
-    ("a40-48gb", "gemm"): (5.2, 16.4), ("a40-48gb", "elementwise"): (6.5, 35.3), ("a40-48gb", "send_recv"): (1.7, 7.9),
+    ("a100-sxm-80gb", "gemm"): (7.3, 20.5), ("a100-sxm-80gb", "attention_prefill"): (5.8, 22.5),
+    ("a100-sxm-80gb", "attention_decode"): (10.9, 45.6), ("a100-sxm-80gb", "elementwise"): (8.5, 26.4),
+    ("a100-sxm-80gb", "allreduce"): (5.3, 11.4), ("a100-sxm-80gb", "send_recv"): (7.2, 19.4),
+    ("h100-sxm-80gb", "gemm"): (6.3, 19.7), ("h100-sxm-80gb", "attention_prefill"): (5.4, 17.8),
+    ("h100-sxm-80gb", "attention_decode"): (5.1, 18.8), ("h100-sxm-80gb", "elementwise"): (8.8, 27.6),
+    ("h100-sxm-80gb", "allreduce"): (6.1, 23.7), ("h100-sxm-80gb", "send_recv"): (1.1, 8.5),
+    ("a40-48gb", "gemm"): (5.2, 16.4), ("a40-48gb", "elementwise"): (6.0, 26.0), ("a40-48gb", "send_recv"): (1.7, 7.9),
 }
 MEETS_OP_TARGETS = {k for k, (med, p90) in RECORDED.items() if med <= 8.0 and p90 <= 20.0}
 # whole layers, same-stack parameters: (median, p90); targets 5 and 10
-RECORDED_ITERATION = {"a100-sxm-80gb": (2.8, 8.9), "h100-sxm-80gb": (3.9, 11.7), "a40-48gb": (3.0, 9.2)}
+RECORDED_ITERATION = {"a100-sxm-80gb": (2.9, 8.2), "h100-sxm-80gb": (4.0, 12.2), "a40-48gb": (3.0, 9.2)}
 
 
 @pytest.fixture(scope="module")
@@ -95,8 +95,7 @@ def test_parameters_are_valid_op_efficiencies(result):
             assert 0 < eff.flops_fraction <= 1 and 0 < eff.bandwidth_fraction <= 1
             assert eff.overhead_us >= 0 and eff.unit_overhead_ns >= 0 and eff.hop_latency_scale >= 0
             assert eff.overlap_exponent is None or eff.overlap_exponent >= 1
-            free = set(F.FREE[oc]) - {"flops_fraction", "bandwidth_fraction", "overhead_us"}
-            assert len(free) <= 2                                 # at most two shape terms per class
+            assert len(F.FREE[oc]) <= 5                           # at most five fitted parameters per class
     assert result.report["carried_over"]["a40-48gb"] == {
         "attention_prefill": "a100-sxm-80gb", "attention_decode": "a100-sxm-80gb", "allreduce": "a100-sxm-80gb"}
 
@@ -109,7 +108,8 @@ def test_heldout_errors_hold(result):
         assert med[hw][oc] <= m + 0.5 and p90[hw][oc] <= p + 0.5, (hw, oc, med[hw][oc], p90[hw][oc])
     for hw, oc in MEETS_OP_TARGETS:
         assert med[hw][oc] <= 8.0 and p90[hw][oc] <= 20.0
-    assert {k[1] for k in MEETS_OP_TARGETS} == {"gemm", "attention_prefill", "attention_decode", "send_recv"}
+    assert {k[1] for k in MEETS_OP_TARGETS} == {"gemm", "attention_prefill", "attention_decode", "allreduce", "send_recv"}
+    assert ("a100-sxm-80gb", "allreduce") in MEETS_OP_TARGETS
 
 
 def test_whole_iteration_errors_hold(result):
@@ -137,11 +137,17 @@ def test_vectorised_prediction_is_the_cost_models_formula(result, dataset):
             got = F.predict_s(p.take(idx), params)
             for i, g in zip(idx, got):
                 if oc in ("attention_prefill", "attention_decode"):
-                    want = ops.attention_time(p.flops[i], p.bytes[i], p.units[i], p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
+                    want = ops.attention_time(p.flops[i], p.bytes[i], p.units[i], p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff,
+                                              p.blocks[i])
                 elif oc == "allreduce":
                     n = int(p.key[i].split("/")[1])
                     link = profile.interconnect.intra_node
-                    want = ops.allreduce_time(p.bytes[i] * n / (2 * (n - 1)), n, link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6, eff)
+                    want = ops.allreduce_time(p.bytes[i], n, link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6, eff)
+                elif oc == "elementwise":
+                    want_s = ops.streaming_s(p.units[i], p.flops[i], p.bytes[i], bool(p.per_token_blocks[i]), p.reductions[i],
+                                             p.launches[i], p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
+                    assert g == pytest.approx(float(want_s), rel=1e-12)
+                    continue
                 elif oc == "send_recv":
                     want = ops.send_recv_time(p.bytes[i], p.bandwidth_bytes_s[i], p.hop_s[i], eff)
                 else:
@@ -168,6 +174,8 @@ def test_fit_points_use_the_step_models_flops_and_bytes(dataset):
             if len(i):
                 assert p.flops[i[0]] == pytest.approx(by_name[step_op].flops, rel=1e-12), vidur_op
                 assert p.bytes[i[0]] == pytest.approx(by_name[step_op].bytes, rel=1e-12), vidur_op
+                params = getattr(hw.efficiency, oc).model_dump()      # and the same time (kernel grid, reduction)
+                assert F.predict_s(p.take(i[:1]), params)[0] == pytest.approx(by_name[step_op].time_s, rel=1e-12), vidur_op
     gqa = model.model_copy(update={"num_kv_heads": 8})
     step = RooflineStep(gqa, hw, Precision.of("bf16", "bf16", "bf16"), 1)
     for oc, pairs, key in (("attention_prefill", [(512, 0)] * 4, "4x512x0x32x8x128"),
@@ -176,6 +184,8 @@ def test_fit_points_use_the_step_models_flops_and_bytes(dataset):
         p = points_for(dataset, hw, oc)
         i = np.flatnonzero(p.key == key)[0]
         assert p.flops[i] == pytest.approx(op.flops, rel=1e-12) and p.bytes[i] == pytest.approx(op.bytes, rel=1e-12)
+        params = getattr(hw.efficiency, oc).model_dump()          # and the same time (work units, occupancy)
+        assert F.predict_s(p.take(np.array([i])), params)[0] == pytest.approx(op.time_s, rel=1e-12), oc
 
 
 def test_report_is_deterministic_and_current(result):

@@ -50,9 +50,16 @@ def test_decode_attention_reads_the_whole_cache():
     assert by == 2 * 2 * 32 * 128 * 2 + 2 * 2 * 8 * 128 * 2 + 2 * 400 * 8 * 128 * 2
 
 
-def test_ring_allreduce():
+def test_allreduce_algorithms():
+    # inside a node, small messages: the faster of one-shot (1 stage, reads 3 peers) and two-shot (2 stages, ring bytes)
     t = ops.allreduce_time(1e6, 4, link_bandwidth_bytes_s=1e11, link_latency_s=1e-6, eff=IDEAL)
-    assert t.time_s == pytest.approx(2 * 3 / 4 * 1e6 / 1e11 + 6e-6) and t.bound == ops.NETWORK
+    assert t.time_s == pytest.approx(min(1e-6 + 3e6 / 1e11, 2e-6 + 2 * 3 / 4 * 1e6 / 1e11)) and t.bound == ops.NETWORK
+    assert ops.allreduce_time(1e3, 4, 1e11, 1e-6, IDEAL).time_s == pytest.approx(1e-6 + 3e3 / 1e11)
+    # NCCL's ring from vLLM's custom-kernel limit on, and across nodes (where each of 2(p-1) steps pays the link latency)
+    eff = IDEAL.model_copy(update={"overhead_us": 50.0})
+    big = ops.CUSTOM_ALLREDUCE_MAX_BYTES
+    assert ops.allreduce_time(big, 4, 1e11, 1e-6, eff).time_s == pytest.approx(50e-6 + 1.5 * big / 1e11)
+    assert ops.allreduce_time(1e6, 4, 1e11, 1e-6, eff, custom_kernel=False).time_s == pytest.approx(50e-6 + 1.5e6 / 1e11 + 6e-6)
     assert ops.allreduce_time(1e6, 1, 1e11, 1e-6, IDEAL).time_s == 0.0
 
 

@@ -56,10 +56,14 @@ class Points:
     bytes: np.ndarray
     peak_flops_s: np.ndarray
     bandwidth_bytes_s: np.ndarray
-    units: np.ndarray       # attention work units (sequence x head); 0 elsewhere
-    hop_s: np.ndarray       # collectives: link latency times the algorithm's hop count; 0 elsewhere
+    units: np.ndarray       # attention work units (sequence x head); all-reduce: devices; streaming: tokens
+    hop_s: np.ndarray       # collectives: the link latency (send/recv: of its one hop); 0 elsewhere
     latency_s: np.ndarray
     outside: np.ndarray     # "" inside the fitted domain, else why not (such points are only predicted)
+    per_token_blocks: np.ndarray   # streaming: 1 if one thread block per token (ops.StreamingKernel)
+    reductions: np.ndarray         # streaming: norm reductions per measured op
+    launches: np.ndarray           # streaming: kernels per measured op
+    blocks: np.ndarray             # prefill attention: thread blocks (ops.prefill_blocks); 0 elsewhere
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -74,7 +78,7 @@ class Points:
 
 
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
-           "outside")
+           "outside", "per_token_blocks", "reductions", "launches", "blocks")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -109,7 +113,8 @@ def _keys(*columns) -> np.ndarray:
 
 def _frame(d: dict) -> pd.DataFrame:
     n = len(d["latency_s"])
-    base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": ""}
+    base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
+            "reductions": 0.0, "launches": 1.0, "blocks": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -147,26 +152,38 @@ def vidur_layer_rows(ds: Dataset, hw: str) -> pd.DataFrame:
     T, H = rows.num_tokens.to_numpy(float), rows.n_embd.to_numpy(float)
     gated = rows.use_gated_mlp.to_numpy(bool)
     op = rows.op.to_numpy()
-    n, k, width, fpe, bpe = (np.full(len(rows), np.nan) for _ in range(5))
+    n, k, width, fpe, bpe, blocks, reductions = (np.full(len(rows), np.nan) for _ in range(7))
     # GEMM (n, k) of sarathi's column/row-parallel linears (vidur/profiling/mlp/mlp_impl.py)
     gemms = {"attn_pre_proj": ((rows.n_head + 2 * rows.n_kv_head) * hd / tp, H),
              "attn_post_proj": (H, rows.n_head * hd / tp),
              "mlp_up_proj": (np.where(gated, 2.0, 1.0) * ffn, H),
              "mlp_down_proj": (H, ffn)}
-    # streaming ops: (elements per token, FLOPs per element, bytes per element) as in RooflineStep
-    streaming = {"input_layernorm": (H, 5.0, 2 * ACT_BYTES), "post_attention_layernorm": (H, 5.0, 2 * ACT_BYTES),
-                 "attn_rope": ((heads + kv_heads) * hd, 6.0, 2 * ACT_BYTES),
-                 "mlp_act": (ffn, 8.0, np.where(gated, 3.0, 2.0) * ACT_BYTES), "add": (H, 1.0, 3 * ACT_BYTES)}
+    # streaming ops: elements per token and the ops.StreamingKernel RooflineStep uses. Sarathi (which Vidur
+    # profiles) runs vLLM-style per-token kernels for RMSNorm, rotary and SiLU-and-mul; a plain FFN's GELU
+    # is PyTorch's flat-grid kernel.
+    gelu = ops.activation_kernel(2, per_token_blocks=False)
+    act = {f: np.where(gated, getattr(ops.activation_kernel(3), f), getattr(gelu, f))
+           for f in ("flops_per_element", "reads", "writes", "per_token_blocks")}
+    act = ops.StreamingKernel(act["flops_per_element"], act["reads"], act["writes"], act["per_token_blocks"])
+    streaming = {"input_layernorm": (H, ops.RMS_NORM), "post_attention_layernorm": (H, ops.RMS_NORM),
+                 "attn_rope": ((heads + kv_heads) * hd, ops.ROTARY), "mlp_act": (ffn, act),
+                 "add": (H, ops.RESIDUAL_ADD)}
     for name, cols in gemms.items():
         mask = op == name
         for target, value in zip((n, k), cols):
             target[mask] = np.broadcast_to(np.asarray(value, dtype=float), mask.shape)[mask]
-    for name, cols in streaming.items():
+    for name, (w, kern) in streaming.items():
         mask = op == name
-        for target, value in zip((width, fpe, bpe), cols):
+        cols = (w, kern.flops_per_element, kern.bytes_per_element(ACT_BYTES), kern.per_token_blocks, kern.reduction)
+        for target, value in zip((width, fpe, bpe, blocks, reductions), cols):
             target[mask] = np.broadcast_to(np.asarray(value, dtype=float), mask.shape)[mask]
-    elems = T * width
-    out = rows.assign(m=T, n=n, k=k, elements=elems, flops_per_element=fpe, bytes_per_element=bpe, width=width)
+    # A model without a post-attention norm (phi-2's parallel block) adds attention output, FFN output and
+    # residual in one `add` op: two residual-add kernels.
+    parallel = ~rows.model.isin(set(rows.model[op == "post_attention_layernorm"])).to_numpy()
+    launches = np.where(parallel & (op == "add"), 2.0, 1.0)
+    elems = T * width * launches
+    out = rows.assign(m=T, n=n, k=k, elements=elems, flops_per_element=fpe, bytes_per_element=bpe, width=width,
+                      per_token_blocks=blocks, reductions=reductions, launches=launches)
     out["ref"] = out.model + "|" + out.tp.astype(str) + "|" + out.num_tokens.astype(str) + "|" + out.op
     return out.reset_index(drop=True)
 
@@ -192,6 +209,8 @@ def elementwise_points(ds: Dataset, hw: HardwareProfile) -> Points:
         "source": "vidur", "key": key.to_numpy(), "ref": v.ref.to_numpy(),
         "flops": v.elements.to_numpy() * v.flops_per_element.to_numpy(),
         "bytes": v.elements.to_numpy() * v.bytes_per_element.to_numpy(),
+        "units": v.num_tokens.to_numpy(float), "per_token_blocks": v.per_token_blocks.to_numpy(),
+        "reductions": v.reductions.to_numpy(), "launches": v.launches.to_numpy(),
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
         "latency_s": v.latency_s.to_numpy()})
     return _points(hw.name, "elementwise", [frame])
@@ -208,14 +227,16 @@ def _attention_frame(hw: HardwareProfile, op_class: str, source: str, seqs, q, c
         flops = ops.prefill_attention_flops(heads, head_dim, seqs * q * c, seqs * q * q, tokens)
         bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, tokens, seqs * (c + q), ACT_BYTES, ACT_BYTES)
         units = seqs * heads        # prefill kernels split by sequence and query head
+        blocks = ops.prefill_blocks(heads, seqs, tokens)
     else:  # decode: q == 1; step.py passes the cached tokens as the KV read
         flops = ops.decode_attention_flops(heads, head_dim, seqs * (c + 1))
         bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, seqs, seqs * c, ACT_BYTES, ACT_BYTES)
         units = seqs * kv_heads     # decode kernels pack a KV head's query heads into one unit
+        blocks = 0.0                # split-KV fills the GPU: no occupancy term
     outside = np.where(head_dim != HEAD_DIM, f"head_dim != {HEAD_DIM}", "")
     return _frame({
         "source": source, "key": _keys(seqs, q, c, heads, kv_heads, head_dim), "ref": ref, "outside": outside,
-        "flops": flops, "bytes": bytes_, "units": units,
+        "flops": flops, "bytes": bytes_, "units": units, "blocks": blocks,
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
         "latency_s": np.asarray(latency_s, dtype=float)})
 
@@ -266,9 +287,9 @@ def allreduce_points(ds: Dataset, hw: HardwareProfile) -> Points:
         p, msg = p.to_numpy(float), msg.to_numpy(float)
         frames.append(_frame({
             "source": source, "key": np.char.add(np.char.add(msg.astype(np.int64).astype(str), "B/"), p.astype(np.int64).astype(str)),
-            "flops": 0.0, "bytes": 2.0 * (p - 1) / p * msg,    # ring all-reduce, as ops.allreduce_time
+            "flops": 0.0, "bytes": msg, "units": p,    # ops.allreduce_s: message bytes, devices, link latency
             "peak_flops_s": 1.0, "bandwidth_bytes_s": link.bandwidth_gb_s * 1e9,
-            "hop_s": 2.0 * (p - 1) * link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
+            "hop_s": link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
     return _points(hw.name, "allreduce", frames)
 
 

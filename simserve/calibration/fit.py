@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
 
+from ..cost import ops
 from .dataset import Points
 
 K_FOLDS = 5
@@ -32,24 +34,30 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
     "overlap_exponent": (lambda v: math.log(v - 1.0), lambda x: 1.0 + math.exp(x), 2.0),
     "unit_overhead_ns": (math.log, math.exp, 10.0),
     "hop_latency_scale": (math.log, math.exp, 1.0),
+    "row_bandwidth_gb_s": (math.log, math.exp, 10.0),
+    "concurrent_blocks": (math.log, math.exp, 100.0),
+    "reduction_overhead_us": (math.log, math.exp, 1.0),
 }
 # Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
-         "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0}
+         "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
+         "reduction_overhead_us": 0.0}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
     "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent"),
-    "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
+    "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "unit_overhead_ns", "concurrent_blocks"),
     "attention_decode": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
-    "elementwise": ("bandwidth_fraction", "overhead_us"),
+    "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us"),
     "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale"),
     "send_recv": ("bandwidth_fraction", "overhead_us"),
 }
 # Streaming kernels are memory-bound, so their FLOP rate cannot be identified from timings; 1/16 of the
 # dense tensor peak is about the CUDA-core FP32 rate of A100/H100, and never binds for these kernels.
-# Collectives move bytes only.
+# Collectives move bytes only. Prefill attention's compute and memory time add up (free fits gave an
+# overlap exponent of 1.00 on A100 and 1.05 on H100), so the sum is fixed and the fifth parameter is occupancy.
 FIXED = {
+    "attention_prefill": {"overlap_exponent": 1.0},
     "elementwise": {"flops_fraction": 0.0625},
     "allreduce": {"flops_fraction": 1.0},
     "send_recv": {"flops_fraction": 1.0},
@@ -60,9 +68,17 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     """Vectorised twin of the :mod:`simserve.cost.ops` functions for these points (seconds).
 
     Computed in log space (``max(c, m) * (1 + (min/max)^p)^(1/p)`` as ``exp(log max + log1p(...)/p)``),
-    which is faster and equal to the scalar formulas to rounding."""
+    which is faster and equal to the scalar formulas to rounding. All-reduce and streaming points
+    call :func:`~simserve.cost.ops.allreduce_s` and :func:`~simserve.cost.ops.streaming_s` themselves."""
+    if p.op_class == "allreduce":
+        return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params))
+    if p.op_class == "elementwise":
+        return ops.streaming_s(p.units, p.flops, p.bytes, p.per_token_blocks > 0, p.reductions, p.launches,
+                               p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params))
     with np.errstate(divide="ignore"):
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
+        if params.get("concurrent_blocks") is not None:
+            log_c = log_c - np.log(ops.occupancy(p.blocks, SimpleNamespace(**params)))
         log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])
     log_hi = np.maximum(log_c, log_m)
     q = params.get("overlap_exponent")

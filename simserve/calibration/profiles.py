@@ -17,8 +17,9 @@ METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator clas
           "{basis}; 5-fold held-out error by shape, see docs/calibration.md")
 
 _DATAFLOW = ("assumption: the fractions of peak (and compute/memory overlap) of the measured H100; a statically "
-             "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero, and its "
-             "collectives pay the plain ring latency of its own links")
+             "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero, its "
+             "streaming ops have no per-token thread blocks (the H100's full-bandwidth fraction applies), and its "
+             "collectives pay one link latency per algorithm stage of its own links")
 # unmeasured device -> (device whose parameters it takes, why)
 CARRY_OVER = {
     "a100-sxm-40gb": ("a100-sxm-80gb", "same GA100 die and kernels as the measured A100 80GB; fractions apply to "
@@ -26,13 +27,16 @@ CARRY_OVER = {
     "h200-sxm-141gb": ("h100-sxm-80gb", "same GH100 compute die and kernels as the measured H100; fractions apply to "
                                         "the H200's own peaks (HBM3e bandwidth), which is an assumption"),
     "b200-180gb": ("h100-sxm-80gb", "no Blackwell measurements; assumes Blackwell kernels reach the same fractions of "
-                                    "their peaks and the same overheads as on the measured H100"),
+                                    "their peaks and the same overheads as on the measured H100, and per-token "
+                                    "streaming kernels the H100's per-block rate and concurrency (148 SMs against "
+                                    "132: pessimistic)"),
     "groq-lpu": ("h100-sxm-80gb", _DATAFLOW),
     "cerebras-cs3": ("h100-sxm-80gb", _DATAFLOW),
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
-           "hop_latency_scale")
-_DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0}
+           "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us")
+_DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
+             "concurrent_blocks": None, "reduction_overhead_us": 0.0}
 
 
 def _num(v: float) -> str:
@@ -130,7 +134,8 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
     for oc, p in source.items():
         q = {f: p.get(f, _DEFAULTS.get(f)) for f in _FIELDS}
         if plain:
-            q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0)
+            q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
+                     concurrent_blocks=None, reduction_overhead_us=0.0)
         out[oc] = q
     return out
 

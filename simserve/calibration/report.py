@@ -16,19 +16,31 @@ WHY = {
             "neighbouring shapes near the ridge point (m of 64-512) and for small weights; a smooth roofline "
             "follows the trend, not the jumps (tile-quantisation and k-latency terms were tried and gained "
             "under 1 point).",
-    "attention_prefill": "short prompts (16-32 tokens) in large batches run a FlashAttention tile that is mostly "
-                         "padding, and single long prompts use fewer SMs than the per-unit cost assumes.",
-    "attention_decode": "vLLM 0.14's FlashAttention-2 decode on A100 has step changes the roofline cannot follow: "
-                        "a batch of one sequence is ~30% faster than the overhead fitted on the rest, contexts "
-                        "below 128 tokens cost the same as empty ones at large batch (the KV read is not visible), "
-                        "and one or two sequences with very long contexts cannot fill the SMs.",
-    "elementwise": "the streaming kernels differ by implementation more than by shape (held-out "
-                   "predicted/measured per operator: {by_op}). RMSNorm reads its input twice and, on A100 and "
-                   "H100, the residual add reads inputs still in L2, so one bandwidth fraction per class cannot "
-                   "serve all of them; per-operator bytes per element in the step model would.",
-    "allreduce": "vLLM switches algorithm with message size (one-shot custom kernel, reading every peer's "
-                 "buffer, up to a few MiB; NCCL above, which on H100 also uses NVLink SHARP at 8 GPUs), so "
-                 "the ring formula's 2(p-1)/p bytes is up to 2x off around the switch and at 8 GPUs.",
+    "attention_prefill": "occupancy is modelled (a kernel of fewer query tiles x heads than the fitted "
+                         "concurrent_blocks, about 1.1 per SM on A100 and 1.5 on H100, leaves SMs idle), but "
+                         "prompts of 64-128 tokens at small batch are still over-predicted by 10-20% and prompts "
+                         "of 512-2048 tokens of a single sequence under-predicted by ~10%: FlashAttention's "
+                         "per-shape tile and split choices, which per-batch sums cannot follow.",
+    "attention_decode": "vLLM 0.14's FlashAttention-2 decode on A100 takes different paths the per-batch roofline "
+                        "cannot follow: with as many query heads as KV heads it runs one thread block per "
+                        "(sequence, head) over the whole context at about 22 GB/s per block (no split-KV), so a "
+                        "few sequences of few heads at long contexts run up to 50x slower than the DRAM roofline; "
+                        "its fixed cost is ~12.5 us for one sequence or one KV head but ~18.5 us for larger "
+                        "grouped-query batches (a per-block bandwidth term recovered the first at 22.9 GB/s but "
+                        "gained only 3 points of p90, so it was not adopted); and contexts below 128 tokens cost "
+                        "the same as empty ones at large batch.",
+    "elementwise": "the model gives each kernel its own bytes, FLOPs and launch grid (norm, rotary and "
+                   "activation run one thread block per token, the fit finds about as many concurrent rows as the "
+                   "GPU has SMs on A100 and H100; the residual add streams near full DRAM bandwidth), and the "
+                   "trend is right per operator (held-out predicted/measured: {by_op}); what remains is the "
+                   "transition between one row and full bandwidth (tensors of 0.25-16 MB, partly served from L2, "
+                   "most visibly on A40 with its 6 MB L2, whose concurrent_blocks the DRAM bound leaves "
+                   "unidentified) and norms and rotary of the widest rows, which are slower than the per-block "
+                   "rate predicts.",
+    "allreduce": "the model follows vLLM's algorithms (custom one-/two-shot kernel below 8 MiB, NCCL's ring "
+                 "above), but on H100 large messages at 8 GPUs run ~1.3x faster than the ring's bytes allow (faster "
+                 "than at 4 GPUs), as NCCL's NVLink SHARP in-switch reduction would; the profile has no flag for "
+                 "in-switch reduction, so the ring formula stays.",
     "send_recv": "Vidur's send/recv between the two GPUs of a node is a single stream of messages; the fit "
                  "is good inside a node.",
 }
@@ -47,6 +59,9 @@ def _param_cell(p: dict) -> str:
     out.append("-" if p.get("overlap_exponent") is None else f"{p['overlap_exponent']:.2f}")
     out.append(f"{p.get('unit_overhead_ns', 0.0):.1f}")
     out.append(f"{p.get('hop_latency_scale', 1.0):.3f}")
+    out.append("-" if p.get("row_bandwidth_gb_s") is None else f"{p['row_bandwidth_gb_s']:.2f}")
+    out.append("-" if p.get("concurrent_blocks") is None else f"{p['concurrent_blocks']:.0f}")
+    out.append(f"{p.get('reduction_overhead_us', 0.0):.2f}")
     return " | ".join(out)
 
 
@@ -116,7 +131,8 @@ def render_report_md(result) -> str:
                        f"{_mark(f['median_abs_pct_err'], f['p90_abs_pct_err'], t['op_median'], t['op_p90'])} |")
     out += ["", "## Fitted parameters", "",
             "| device | class | flops_fraction | bandwidth_fraction | overhead_us | overlap_exponent | "
-            "unit_overhead_ns | hop_latency_scale |", "|---|---|---|---|---|---|---|---|"]
+            "unit_overhead_ns | hop_latency_scale | row_bandwidth_gb_s | concurrent_blocks | reduction_overhead_us |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for hw in hws:
         for oc in OP_CLASSES:
             if oc in result.params[hw]:

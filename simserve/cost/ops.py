@@ -8,11 +8,14 @@ are the per-operator-class parameters of :class:`simserve.hardware.OpEfficiency`
 Two optional shape terms refine this where measurements demand it; their defaults give the plain roofline:
 ``overlap_exponent`` replaces ``max`` by a p-norm (a kernel near its ridge point is limited by both
 compute and memory), and ``unit_overhead_ns`` charges attention kernels per (sequence, head) work unit.
-Collectives scale the link's hop latency by ``hop_latency_scale`` (1-shot/2-shot all-reduce vs. a ring).
+All-reduce follows vLLM: its custom one-/two-shot kernel for small messages inside a node (each stage costs
+``hop_latency_scale`` link latencies), NCCL's ring with a fixed ``overhead_us`` otherwise.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 from ..hardware import OpEfficiency
 
@@ -55,13 +58,35 @@ def roofline_s(flops: float, bytes_: float, peak_flops_s: float, bandwidth_bytes
     return _roofline(flops, bytes_, peak_flops_s, bandwidth_bytes_s, eff, eff.overhead_us * 1e-6)
 
 
+PREFILL_QUERY_TILE = 128    # query rows per thread block of FlashAttention's forward kernel at head_dim 128
+
+
+def prefill_blocks(num_heads: float, num_seqs: float, num_tokens: float) -> float:
+    """Thread blocks of a prefill attention kernel: one per (query tile, head). From per-batch sums only,
+    the tiles are ``max(seqs, tokens / tile)``: exact when every prompt is a multiple of the tile or
+    shorter than one, a slight undercount otherwise."""
+    tiles = num_tokens / PREFILL_QUERY_TILE
+    return num_heads * (np.maximum(num_seqs, tiles) if isinstance(tiles, np.ndarray) else max(num_seqs, tiles))
+
+
+def occupancy(blocks, eff: OpEfficiency):
+    """Fraction of the GPU a kernel of ``blocks`` thread blocks keeps busy: ``min(1, blocks /
+    concurrent_blocks)``; 1 without ``concurrent_blocks`` or without a block count (``blocks <= 0``)."""
+    if eff.concurrent_blocks is None:
+        return np.ones_like(blocks, dtype=float) if isinstance(blocks, np.ndarray) else 1.0
+    return np.where(np.asarray(blocks) > 0, np.minimum(1.0, np.asarray(blocks) / eff.concurrent_blocks), 1.0)
+
+
 def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
-                   eff: OpEfficiency) -> OpTime:
+                   eff: OpEfficiency, blocks: float = 0.0) -> OpTime:
     """A fused attention kernel: the roofline plus a fixed cost per work unit, one sequence times one head
     (query heads for prefill kernels, KV heads for decode kernels: the units their launch grids split by).
-    With ``eff.unit_overhead_ns == 0`` this is :func:`roofline_s`."""
+    ``blocks`` (prefill: :func:`prefill_blocks`) fewer than ``concurrent_blocks`` leave SMs idle, which
+    slows the compute part by :func:`occupancy` (computed here on scalars). With ``eff.unit_overhead_ns
+    == 0`` and no ``concurrent_blocks`` this is :func:`roofline_s`."""
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
-    return _roofline(flops, bytes_, peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
+    busy = 1.0 if eff.concurrent_blocks is None or blocks <= 0 else min(1.0, blocks / eff.concurrent_blocks)
+    return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:
@@ -103,23 +128,103 @@ def decode_attention_flops(num_heads: float, head_dim: float, sum_ctx_plus_one: 
     return 4.0 * num_heads * head_dim * sum_ctx_plus_one
 
 
-def elementwise_time(num_elements: float, flops_per_element: float, bytes_per_element: float,
+@dataclass(frozen=True, slots=True)
+class StreamingKernel:
+    """A memory-streaming kernel, per element of its output: FLOPs, activation-sized values read from and
+    written to memory, and how its launch grid is cut. ``per_token_blocks``: one thread block walks each
+    token's row (vLLM's norm, activation and rotary kernels), so a few tokens cannot fill the GPU;
+    otherwise a flat grid (PyTorch's element-wise ops). ``reduction``: a block-wide reduction and a
+    second pass over the row (norms); the second read hits the cache, so it adds no memory bytes."""
+
+    flops_per_element: float
+    reads: float
+    writes: float
+    per_token_blocks: bool
+    reduction: bool = False
+
+    def bytes_per_element(self, act_bytes: float) -> float:
+        return (self.reads + self.writes) * act_bytes
+
+
+RMS_NORM = StreamingKernel(5.0, reads=1, writes=1, per_token_blocks=True, reduction=True)
+ROTARY = StreamingKernel(6.0, reads=1, writes=1, per_token_blocks=True)      # in place on Q and K
+RESIDUAL_ADD = StreamingKernel(1.0, reads=2, writes=1, per_token_blocks=False)
+EMBEDDING = StreamingKernel(0.0, reads=1, writes=1, per_token_blocks=False)  # a gather of rows
+
+
+def activation_kernel(ffn_matrices: int, per_token_blocks: bool = True) -> StreamingKernel:
+    """The FFN activation: a gated FFN (3 matrices) reads the gate and up halves and writes one value
+    (SiLU-and-mul), a plain one (2 matrices) reads one and writes one."""
+    return StreamingKernel(8.0, reads=ffn_matrices - 1, writes=1, per_token_blocks=per_token_blocks)
+
+
+def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launches, peak_flops_s,
+                bandwidth_bytes_s, eff: OpEfficiency):
+    """Seconds of streaming kernels (scalars or numpy arrays): ``launches`` kernels' fixed overhead, plus
+    ``reduction_overhead_us`` each for a norm's reduction, plus the larger of compute and memory time.
+    Memory time is the bytes at the achievable bandwidth, but for per-token-block kernels no less than
+    their rows take: a block moves its row at ``row_bandwidth_gb_s`` and at most ``concurrent_blocks``
+    blocks run at once (about the SM count), so below that many tokens the time is one row's."""
+    compute_s = flops / (peak_flops_s * eff.flops_fraction)
+    memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    if eff.row_bandwidth_gb_s is not None and eff.concurrent_blocks is not None:
+        tokens = np.maximum(num_tokens, 1.0)
+        row_s = bytes_ / (eff.row_bandwidth_gb_s * 1e9) * np.maximum(1.0 / tokens, 1.0 / eff.concurrent_blocks)
+        memory_s = np.where(per_token_blocks, np.maximum(memory_s, row_s), memory_s)
+    fixed_s = launches * eff.overhead_us * 1e-6 + reductions * eff.reduction_overhead_us * 1e-6
+    return fixed_s + np.maximum(compute_s, memory_s)
+
+
+def elementwise_time(num_tokens: float, elements_per_token: float, kernel: StreamingKernel, act_bytes: float,
                      peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
-    """Norms, activations, rotary embedding, residual adds: streaming kernels, usually memory-bound."""
-    return roofline_s(num_elements * flops_per_element, num_elements * bytes_per_element,
-                      peak_flops_s, bandwidth_bytes_s, eff)
+    """Norms, activations, rotary embedding, residual adds: one streaming kernel over ``num_tokens`` rows
+    of ``elements_per_token`` (see :func:`streaming_s`)."""
+    n = num_tokens * elements_per_token
+    flops, bytes_ = n * kernel.flops_per_element, n * kernel.bytes_per_element(act_bytes)
+    time_s = float(streaming_s(num_tokens, flops, bytes_, kernel.per_token_blocks, float(kernel.reduction), 1.0,
+                               peak_flops_s, bandwidth_bytes_s, eff))
+    fixed_s = eff.overhead_us * 1e-6 + kernel.reduction * eff.reduction_overhead_us * 1e-6
+    body_s = time_s - fixed_s
+    bound = COMPUTE if flops / (peak_flops_s * eff.flops_fraction) >= body_s else MEMORY
+    if fixed_s > body_s:
+        bound = OVERHEAD
+    return OpTime(time_s, bound, flops, bytes_)
+
+
+# vLLM's custom all-reduce kernel handles messages below its buffer size (8 MiB by default) inside one
+# NVLink/NVSwitch domain; larger messages, and groups that span nodes, go to NCCL's ring.
+CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 2**20
+
+
+def allreduce_s(message_bytes, num_devices, link_bandwidth_bytes_s, link_latency_s, eff: OpEfficiency,
+                custom_kernel=True):
+    """All-reduce seconds (scalars or numpy arrays). A ring moves ``2 (p-1)/p`` of the message per device.
+
+    Below ``CUSTOM_ALLREDUCE_MAX_BYTES`` inside a node, vLLM's custom kernel runs whichever is faster of
+    one-shot (one stage: every device reads the ``p-1`` peer buffers) and two-shot (two stages:
+    reduce-scatter then all-gather, the ring's bytes); each stage pays one cross-device handshake of
+    ``hop_latency_scale`` link latencies. Otherwise NCCL's ring pays ``overhead_us`` (launch and
+    protocol set-up) and, across nodes, the link latency of each of its ``2 (p-1)`` steps."""
+    p = np.asarray(num_devices, dtype=float)
+    m = np.asarray(message_bytes, dtype=float)
+    bw = link_bandwidth_bytes_s * eff.bandwidth_fraction
+    ring_s = 2.0 * (p - 1) / p * m / bw
+    stage_s = eff.hop_latency_scale * link_latency_s
+    custom_s = np.minimum(stage_s + (p - 1) * m / bw, 2.0 * stage_s + ring_s)
+    nccl_s = eff.overhead_us * 1e-6 + ring_s + np.where(custom_kernel, 0.0, 2.0 * (p - 1) * link_latency_s)
+    out = np.where(custom_kernel & (m < CUSTOM_ALLREDUCE_MAX_BYTES), custom_s, nccl_s)
+    return np.where(p > 1, out, 0.0)
 
 
 def allreduce_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_s: float,
-                   link_latency_s: float, eff: OpEfficiency) -> OpTime:
-    """Ring all-reduce: each device sends and receives ``2 (p-1)/p`` of the message, in ``2 (p-1)`` hops."""
+                   link_latency_s: float, eff: OpEfficiency, custom_kernel: bool = True) -> OpTime:
+    """All-reduce of ``message_bytes`` over ``num_devices`` (see :func:`allreduce_s`); ``custom_kernel``
+    is False when the group spans nodes."""
     if num_devices <= 1:
         return OpTime(0.0, NETWORK, 0.0, 0.0)
     p = num_devices
-    wire_bytes = 2.0 * (p - 1) / p * message_bytes
-    wire_s = wire_bytes / (link_bandwidth_bytes_s * eff.bandwidth_fraction)
-    latency_s = eff.hop_latency_scale * 2.0 * (p - 1) * link_latency_s + eff.overhead_us * 1e-6
-    return OpTime(wire_s + latency_s, NETWORK, 0.0, wire_bytes)
+    time_s = float(allreduce_s(message_bytes, p, link_bandwidth_bytes_s, link_latency_s, eff, custom_kernel))
+    return OpTime(time_s, NETWORK, 0.0, 2.0 * (p - 1) / p * message_bytes)
 
 
 def send_recv_time(message_bytes: float, link_bandwidth_bytes_s: float, link_latency_s: float,

@@ -87,7 +87,8 @@ class RooflineStep:
         self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)      # GEMMs
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
-        link = hw.interconnect.intra_node if tp <= hw.interconnect.devices_per_node else hw.interconnect.inter_node
+        self.intra_node_tp = tp <= hw.interconnect.devices_per_node
+        link = hw.interconnect.intra_node if self.intra_node_tp else hw.interconnect.inter_node
         self.link_bw_bytes_s = link.bandwidth_gb_s * 1e9
         self.link_latency_s = link.latency_us * 1e-6
         m = model
@@ -117,15 +118,16 @@ class RooflineStep:
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, pa, bw, d = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, m.head_size
         wb, ab = p.weight_bytes, p.act_bytes
-        norm = ops.elementwise_time(T * m.hidden_size, 5.0, 2 * ab, pa, bw, e.elementwise)
+        norm = ops.elementwise_time(T, m.hidden_size, ops.RMS_NORM, ab, pa, bw, e.elementwise)
         out: list[tuple[str, ops.OpTime]] = [
             ("input_norm", norm),
             ("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)),
-            ("rope", ops.elementwise_time(T * (self.heads + self.kv_heads) * d, 6.0, 2 * ab, pa, bw, e.elementwise)),
+            ("rope", ops.elementwise_time(T, (self.heads + self.kv_heads) * d, ops.ROTARY, ab, pa, bw, e.elementwise)),
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
-        allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce)
-        add = ops.elementwise_time(T * m.hidden_size, 1.0, 3 * ab, pa, bw, e.elementwise)
+        allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s,
+                                      e.allreduce, custom_kernel=self.intra_node_tp)
+        add = ops.elementwise_time(T, m.hidden_size, ops.RESIDUAL_ADD, ab, pa, bw, e.elementwise)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
         out.append(("attn_residual", add))
@@ -156,7 +158,8 @@ class RooflineStep:
                 fl = min(fl, ops.decode_attention_flops(self.heads, d, b.prefill_tokens * W))  # W keys per query
                 keys = min(keys, b.prefill_tokens + b.prefill_seqs * (W - 1))
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, keys, ab, kb)
-            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill))
+            blocks = ops.prefill_blocks(self.heads, b.prefill_seqs, b.prefill_tokens)
+            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill, blocks))
         if b.decode_seqs:
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
@@ -168,7 +171,7 @@ class RooflineStep:
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, pa, bw, wb, ab = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, p.weight_bytes, p.act_bytes
         up_n = (m.ffn_matrices - 1) * self.ffn_n
-        act = ops.elementwise_time(T * self.ffn_n, 8.0, (m.ffn_matrices * ab), pa, bw, e.elementwise)
+        act = ops.elementwise_time(T, self.ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise)
         if m.num_experts == 1:
             return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
                     ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
@@ -189,7 +192,7 @@ class RooflineStep:
         bytes_ = touched * (up_n + ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + ffn_n) * ab
         router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
         experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
-        act = ops.elementwise_time(pairs * ffn_n, 8.0, m.ffn_matrices * ab, pa, bw, e.elementwise)
+        act = ops.elementwise_time(pairs, ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise)
         if ep == 1:
             return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
         a2a = ops.alltoall_time(self.alltoall_bytes(T), ep, self.ep_link_bw_bytes_s, self.ep_link_latency_s,
@@ -207,8 +210,8 @@ class RooflineStep:
         """Embedding lookup, final norm and LM head (vocabulary sharded over tp)."""
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, pa, bw = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s
-        emb = ops.elementwise_time(b.num_tokens * m.hidden_size, 0.0, 2 * p.act_bytes, pa, bw, e.elementwise)
-        final = ops.elementwise_time(b.num_logits * m.hidden_size, 5.0, 2 * p.act_bytes, pa, bw, e.elementwise)
+        emb = ops.elementwise_time(b.num_tokens, m.hidden_size, ops.EMBEDDING, p.act_bytes, pa, bw, e.elementwise)
+        final = ops.elementwise_time(b.num_logits, m.hidden_size, ops.RMS_NORM, p.act_bytes, pa, bw, e.elementwise)
         head = ops.gemm_time(b.num_logits, m.vocab_size / self.tp, m.hidden_size, p.weight_bytes, p.act_bytes, pk, bw, e.gemm)
         return [("embedding", emb), ("final_norm", final), ("lm_head", head)]
 
