@@ -75,3 +75,11 @@ def test_sliding_window_models_take_the_general_path(i):
     assert s.model.sliding_window is not None
     b = BatchShape(4, 4, 4, 4, 4 * 9000)
     assert s.decode_cost(4, 4, 4 * 9000) == s.general_step(b)
+
+
+@settings(max_examples=80, derandomize=True, deadline=None)
+@given(st.sampled_from(range(len(STEPS))), st.integers(1, 300), st.integers(0, 100_000), st.integers(1, 16))
+def test_decode_span_matches_one_iteration_at_a_time(i, n, extra_ctx, count):
+    s = STEPS[i]
+    ctx = n + extra_ctx
+    assert s.decode_span(n, ctx, count) == [s.general_step(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)]

@@ -324,3 +324,42 @@ class RooflineStep:
         time_s = compute + memory + network + overhead
         bound = max(zip((compute, memory, network, overhead), BOUNDS))[1]
         return StepCost(time_s, bound, flops, bytes_)
+
+    def decode_span(self, n: int, ctx: int, count: int) -> list[StepCost]:
+        """``count`` consecutive iterations of the same ``n`` decoders, each sampling: :meth:`decode_cost`
+        at ``ctx``, ``ctx + n``, ``ctx + 2n``... with what does not change hoisted out of the loop (same
+        operations, same bits; tested)."""
+        if self.window is not None:
+            return [self.decode_cost(n, n, ctx + j * n) for j in range(count)]
+        (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, n)
+        d, L = self.model.head_size, self.num_layers
+        heads, kvh, kvb = self.heads, self.kv_heads, self.kv_value_bytes
+        fl_per_key = 4.0 * heads * d
+        by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
+        e = self.hw.efficiency.attention_decode
+        over = e.overhead_us * 1e-6 + n * kvh * e.unit_overhead_ns * 1e-9
+        peak_f, peak_b = self.attn_flops_s * e.flops_fraction, self.bw_bytes_s * e.bandwidth_fraction
+        p = e.overlap_exponent
+        step_over = self.step_overhead_s
+        out = []
+        for _ in range(count):
+            fl = fl_per_key * ctx
+            by = by_fixed + 2.0 * (ctx - n) * kvh * d * kvb
+            compute_s, memory_s = fl / peak_f, by / peak_b
+            hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
+            if p is not None and hi > 0.0:
+                hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+            t = L * (over + hi)
+            compute, memory, overhead = compute0, memory0, overhead0
+            if over > hi:
+                overhead += t
+            elif compute_s >= memory_s:
+                compute += t
+            else:
+                memory += t
+            overhead += step_over
+            time_s = compute + memory + network + overhead
+            out.append(StepCost(time_s, max(zip((compute, memory, network, overhead), BOUNDS))[1],
+                                flops0 + L * fl, bytes0 + L * by))
+            ctx += n
+        return out

@@ -57,6 +57,18 @@ class BlockManager:
         self.last_loaded = 0         # blocks the last attach_prefix copied back from the offload tier
         self.num_copied = 0          # copy-on-write copies of a shared, partly filled last block
 
+    def _share(self) -> None:
+        """Blocks may be shared or cached from now on. Until this first happens reference counts are not
+        kept (every used block has exactly one owner, so they carry no information); they are rebuilt
+        from the block tables here."""
+        if not self._sharing:
+            ref = [0] * self.num_blocks
+            for table in self._tables.values():
+                for block in table:
+                    ref[block] = 1
+            self._ref = ref
+            self._sharing = True
+
     # --- queries ---------------------------------------------------------------------------------
     @property
     def num_free(self) -> int:
@@ -110,12 +122,10 @@ class BlockManager:
         if need + cow > self.num_free:
             return None
         if need > 0 and not self._sharing and need <= len(self._free):
-            free, ref = self._free, self._ref
+            free = self._free
             new = free[-need:]
             del free[-need:]
             new.reverse()                                 # the order pop() would have given
-            for block in new:
-                ref[block] = 1
             table.extend(new)
             if num_tokens > held_tokens:
                 self._tokens[request_id] = num_tokens
@@ -145,9 +155,8 @@ class BlockManager:
         new = free[-k:]
         del free[-k:]
         new.reverse()
-        ref, tables, tokens = self._ref, self._tables, self._tokens
+        tables, tokens = self._tables, self._tokens
         for rid, block, n in zip(request_ids, new, num_tokens):
-            ref[block] = 1
             tables[rid].append(block)
             tokens[rid] = n
         return True
@@ -160,9 +169,6 @@ class BlockManager:
         if not table:
             return 0
         if not self._sharing:               # nothing is shared or cached: every block goes back free
-            ref = self._ref
-            for block in table:
-                ref[block] = 0
             table.reverse()
             self._free.extend(table)
             return len(table)
@@ -174,7 +180,7 @@ class BlockManager:
         """The child shares every block of the parent (parallel sampling, beam search)."""
         if child_id in self._tables:
             raise ValueError(f"request {child_id} already holds blocks")
-        self._sharing = True
+        self._share()
         table = list(self._tables.get(parent_id, ()))
         for block in table:
             self._ref[block] += 1
@@ -188,7 +194,7 @@ class BlockManager:
         keeps a block that one sequence gives up and another adopts from being freed in between. Blocks
         the two tables already share (a common prefix: a block holds one position of one history) keep
         their counts, so the work is the length of the tables' differing tails."""
-        self._sharing = True
+        self._share()
         ref, tables, gone = self._ref, self._tables, []
         for child, parent in moves:           # parents are never children: their tables stay as they are
             new, old = tables[parent], tables[child]
@@ -216,7 +222,7 @@ class BlockManager:
         thereby already computed."""
         if self._tables.get(request_id):
             raise ValueError(f"request {request_id} already holds blocks")
-        self._sharing = True
+        self._share()
         table: list[int] = []
         self._tables[request_id] = table
         loaded = 0
@@ -247,7 +253,7 @@ class BlockManager:
 
     def register_prefix(self, request_id: int, block_hashes, num_computed: int) -> None:
         """Publish the hashes of the request's full, computed blocks so later requests can share them."""
-        self._sharing = True
+        self._share()
         table = self._tables.get(request_id, ())
         full = min(num_computed // self.block_size, len(table), len(block_hashes))
         for i in range(full):
@@ -262,11 +268,16 @@ class BlockManager:
         for table in self._tables.values():
             for block in table:
                 owners[block] += 1
-        assert owners == self._ref, "reference counts disagree with block tables"
+        if self._sharing:
+            assert owners == self._ref, "reference counts disagree with block tables"
+            ref = self._ref
+        else:                                # counts are not kept until sharing begins
+            assert max(owners, default=0) <= 1 and not self._cached, "shared or cached blocks before sharing began"
+            ref = owners
         free, cached = set(self._free), set(self._cached)
         assert len(free) == len(self._free) and not free & cached
         for b in range(self.num_blocks):
-            state = (b in free) + (b in cached) + (self._ref[b] > 0)
+            state = (b in free) + (b in cached) + (ref[b] > 0)
             assert state == 1, f"block {b} is in {state} states"
             assert (b in cached) <= (self._hash[b] is not None)
             assert (b in free) <= (self._hash[b] is None)

@@ -29,7 +29,7 @@ from ..cost.batch import BatchShape
 from ..cost.step import StepCost
 from .admission import expired
 from .request import Request
-from .scheduler import Scheduler
+from .scheduler import _NONE, Scheduler, Step
 
 SPAN_TICKS = 16          # most iterations fast-forwarded at once (also capped at one KV block size)
 ARRIVAL = "arrival"      # interrupt cause: a request was routed to a replica in the middle of a span
@@ -82,8 +82,8 @@ class Replica:
         self._down_since = 0.0
         self._step_start = 0.0
         self.spans = spans and getattr(scheduler, "fast_forward", False)
-        self.decode_cost = getattr(step_cost, "decode_cost", None) or (
-            lambda n, logits, ctx: step_cost(BatchShape(n, n, logits, n, ctx)))
+        self.decode_span = getattr(step_cost, "decode_span", None) or (
+            lambda n, ctx, count: [step_cost(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)])
         self._span: tuple[list, list] | None = None     # (costs, end times) of a span being slept through
         self._span_done = 0                              # of its iterations, those accounted for
         self._span_started = 0                           # of its iterations, those whose start is
@@ -192,15 +192,11 @@ class Replica:
     def _fast_forward(self, ticks: int):
         """Sleep through ``ticks`` quiet iterations (or until a request arrives) and account for them."""
         env, sched = self.env, self.scheduler
-        n, ctx = sched.num_steady, sched.steady_ctx_plus_one()
-        cost_of = self.decode_cost
-        costs, ends = [], []
+        costs = self.decode_span(sched.num_steady, sched.steady_ctx_plus_one(), ticks)
+        ends = []
         t = env.now
-        for _ in range(ticks):
-            cost = cost_of(n, n, ctx)
-            ctx += n
+        for cost in costs:
             t = t + cost.time_s                  # what SimPy's clock shows after each iteration's timeout
-            costs.append(cost)
             ends.append(t)
         self._span, self._span_done, self._span_started = (costs, ends), 0, 0
         self._span_start = env.now
@@ -256,6 +252,7 @@ class Replica:
     def _account(self, stop: int) -> None:
         """Account for the span's iterations up to ``stop`` (exclusive), in order, start and end."""
         costs, ends = self._span
+        last = len(ends) - 1
         sched, stats, itl = self.scheduler, self.stats, self.itl_out
         bound_s = stats.bound_s
         for j in range(self._span_done, stop):
@@ -270,7 +267,11 @@ class Replica:
             stats.tokens += n
             stats.sum_batch_seqs += n
             bound_s[cost.bound] = bound_s.get(cost.bound, 0.0) + time_s
-            sched.advance_tick(ends[j], itl, n)
+            if j < last:
+                sched.advance_tick(ends[j], itl, n)
+            else:                                    # decoders may finish in the span's last iteration
+                for req in sched.update(Step(_NONE, _NONE, None, n), ends[j], itl):
+                    self.on_finish(req)
         if stop > self._span_done:
             self._span_done = stop
 

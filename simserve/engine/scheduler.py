@@ -242,9 +242,10 @@ class Scheduler:
 
     def quiet_ticks(self, limit: int) -> int:
         """How many iterations from now on are *quiet* (at most ``limit``, at most one block size): only
-        steady decoders, none finishing, every KV block they need free without preemption or sharing,
-        so each iteration is ``schedule_steady`` + ``decode_step`` + :meth:`advance_tick` and nothing a
-        router or another replica can see changes. 0 when the next iteration is not quiet."""
+        steady decoders, every KV block they need free without preemption or sharing, so each iteration
+        is ``schedule_steady`` + ``decode_step`` + ``update`` and nothing a router or another replica can
+        see changes before it ends. An iteration in which decoders finish ends the run of quiet ones (it
+        is included: the finishes happen at its end). 0 when the next iteration is not quiet."""
         if self.active or self.waiting or not self.num_steady or self.kv._sharing:
             return 0
         free = len(self.kv._free)
@@ -252,14 +253,14 @@ class Scheduler:
         t0 = self.tick
         need = 0
         for t in range(t0, t0 + min(limit, self.kv.block_size)):
-            fin = fd.get(t)
-            if fin is not None and any(v == r.version for r, v in fin):
-                return t - t0
             due = bd.get(t)
             if due is not None:
                 need += sum(1 for r, v in due if v == r.version)
                 if need > free:
                     return t - t0
+            fin = fd.get(t)
+            if fin is not None and any(v == r.version for r, v in fin):
+                return t - t0 + 1
         return min(limit, self.kv.block_size)
 
     def advance_tick(self, now: float, itl: "ItlRecorder", num_steady: int) -> list:
@@ -337,9 +338,8 @@ class Scheduler:
         needers = [req for req, version in due if version == req.version]
         if not needers:
             return False
-        if len(needers) > 1:
-            needers.sort(key=_by_seq)
-        # each needer is one token past its last block (that is what its due tick means)
+        # each needer is one token past its last block (that is what its due tick means). When all get
+        # one, the order is immaterial (which free block goes to whom is not observable)
         if self.kv.grow_each_by_one([r.id for r in needers], [r.c0 + (t - r.k0) + 1 for r in needers]):
             nxt = t + self.kv.block_size
             later = [(r, r.version) for r in needers if nxt <= r.k0 + r.output_tokens - r.g0 - 1]
@@ -351,6 +351,7 @@ class Scheduler:
                     bucket.extend(later)
             return False
         preempted = False
+        needers.sort(key=_by_seq)                         # admission order, as vLLM allocates
         for req in needers:
             if not req.steady:
                 continue                                  # preempted as a victim already
