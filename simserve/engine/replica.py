@@ -237,7 +237,8 @@ class Replica:
         if self._span_started > j:
             return
         sched, stats = self.scheduler, self.stats
-        sched.schedule_steady()                  # the iteration's KV blocks (quiet: always at hand)
+        if sched.schedule_steady():              # the iteration's KV blocks (quiet: always at hand)
+            raise RuntimeError(f"replica {self.index}: a quiet iteration preempted")
         used = sched.kv.num_used
         stats.sum_kv_blocks += used
         if used > stats.peak_kv_blocks:
