@@ -292,46 +292,18 @@ class RooflineStep:
 
     def decode_cost(self, n: int, logits: int, ctx: int) -> StepCost:
         """:meth:`step` of an iteration of ``n`` decoding sequences only (``ctx``: their keys read, the sum
-        of cached tokens plus one), without building the batch: the same operations in the same order,
-        so the same bits (a test holds the two equal). The hot path of long decode runs."""
-        if self.window is not None:
-            return self.step(BatchShape(n, n, logits, n, ctx))
-        (compute, memory, network, overhead), flops, bytes_ = self._base(n, logits)
-        d = self.model.head_size
-        fl = 4.0 * self.heads * d * ctx                                   # ops.decode_attention_flops
-        by = (2.0 * n * self.heads * d * self.prec.act_bytes              # ops.attention_bytes
-              + 2.0 * n * self.kv_heads * d * self.kv_value_bytes
-              + 2.0 * (ctx - n) * self.kv_heads * d * self.kv_value_bytes)
-        e = self.hw.efficiency.attention_decode
-        over = e.overhead_us * 1e-6 + n * self.kv_heads * e.unit_overhead_ns * 1e-9
-        compute_s = fl / (self.attn_flops_s * e.flops_fraction)          # ops._roofline
-        memory_s = by / (self.bw_bytes_s * e.bandwidth_fraction)
-        hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
-        if e.overlap_exponent is not None and hi > 0.0:
-            p = e.overlap_exponent
-            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-        t = self.num_layers * (over + hi)
-        if over > hi:
-            overhead += t
-        elif compute_s >= memory_s:
-            compute += t
-        else:
-            memory += t
-        L = self.num_layers
-        flops += L * fl
-        bytes_ += L * by
-        overhead += self.step_overhead_s
-        time_s = compute + memory + network + overhead
-        bound = max(zip((compute, memory, network, overhead), BOUNDS))[1]
-        return StepCost(time_s, bound, flops, bytes_)
+        of cached tokens plus one), without building the batch or its kernel records."""
+        return self.decode_span(n, ctx, 1, logits)[0]
 
-    def decode_span(self, n: int, ctx: int, count: int) -> list[StepCost]:
-        """``count`` consecutive iterations of the same ``n`` decoders, each sampling: :meth:`decode_cost`
-        at ``ctx``, ``ctx + n``, ``ctx + 2n``... with what does not change hoisted out of the loop (same
-        operations, same bits; tested)."""
+    def decode_span(self, n: int, ctx: int, count: int, logits: int | None = None) -> list[StepCost]:
+        """``count`` consecutive iterations of the same ``n`` decoders (``logits`` of them sampling, all by
+        default), with ``ctx``, ``ctx + n``, ``ctx + 2n``... keys read: what :meth:`general_step` gives for
+        each, with the same operations in the same order (same bits; a test holds them equal), minus the
+        kernel records and with what does not change hoisted out of the loop. The hot path of decoding."""
+        logits = n if logits is None else logits
         if self.window is not None:
-            return [self.decode_cost(n, n, ctx + j * n) for j in range(count)]
-        (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, n)
+            return [self.general_step(BatchShape(n, n, logits, n, ctx + j * n)) for j in range(count)]
+        (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, logits)
         d, L = self.model.head_size, self.num_layers
         heads, kvh, kvb = self.heads, self.kv_heads, self.kv_value_bytes
         fl_per_key = 4.0 * heads * d
