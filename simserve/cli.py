@@ -151,16 +151,19 @@ def calibrate(names: tuple[str, ...], report_path: str | None, as_json: bool, pr
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON")
 def policies(as_json: bool) -> None:
-    """List every registered policy by kind."""
+    """List every registered policy by kind, then the techniques selected by scenario keys."""
     from . import policies as reg
+    from .policies import techniques
 
-    rows = [row for r in reg.ALL for row in r.describe()]
+    rows = [row for r in reg.ALL for row in r.describe()] + techniques.describe()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    kind_w = max(len(r["kind"]) for r in rows) + 2
+    name_w = max(len(r["name"]) for r in rows) + 2
     for row in rows:
         params = ", ".join(row["params"]) or "-"
-        click.echo(f"{row['kind']:<11}{row['name']:<20}{row['summary']}  [{params}]")
+        click.echo(f"{row['kind']:<{kind_w}}{row['name']:<{name_w}}{row['summary']}  [{params}]")
 
 
 if __name__ == "__main__":  # pragma: no cover

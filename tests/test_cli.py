@@ -88,3 +88,31 @@ def test_schema_and_policies_commands():
     names = {(r["kind"], r["name"]) for r in json.loads(res.output)}
     assert {("scheduler", "continuous"), ("router", "round_robin"), ("router", "least_outstanding"),
             ("cost_model", "roofline")} <= names
+
+
+def test_policies_lists_every_technique_with_real_keys_and_modules():
+    import importlib
+
+    from simserve.policies.techniques import TECHNIQUES
+    schema = json.loads(CliRunner().invoke(main, ["schema"]).output)
+
+    def has(path):
+        node, defs = schema, schema.get("$defs", {})
+        for part in path.split("."):
+            options = [node] + node.get("anyOf", []) + node.get("oneOf", [])
+            options = [defs[o["$ref"].split("/")[-1]] if "$ref" in o else o for o in options]
+            options += [defs[o["$ref"].split("/")[-1]] for n in options for o in n.get("anyOf", []) if "$ref" in o]
+            found = [o["properties"][part] for o in options if part in o.get("properties", {})]
+            if not found:
+                return False
+            node = defs[found[0]["$ref"].split("/")[-1]] if "$ref" in found[0] else found[0]
+        return True
+
+    rows = json.loads(CliRunner().invoke(main, ["policies", "--json"]).output)
+    listed = {(r["kind"], r["name"]) for r in rows}
+    for kind, name, _, keys, module in TECHNIQUES:
+        assert (kind, name) in listed
+        assert all(has(k) for k in keys), (name, keys)
+        importlib.import_module(module)
+    assert {("sampling", "beam_search"), ("parallelism", "pipeline"), ("kv_cache", "prefix_caching")} <= listed
+    assert not has("deployment.no_such_key")
