@@ -105,6 +105,7 @@ class Cluster:
             self.link = transfer_link(resolved.hardware, dis.link)
             self.transfers = {"kv_transfers": 0, "kv_transfer_tokens": 0, "kv_transfer_s": 0.0}
         self.max_queue = cfg.admission.max_queue
+        self.failures_on = cfg.failures.enabled
         self.prefix_caching = cfg.kv_cache.enable_prefix_caching
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.outstanding: list[tuple[float, int]] = []
@@ -127,7 +128,10 @@ class Cluster:
         """Send ``req`` to an open replica of ``pool`` chosen by ``router`` (default: the cluster's, or the
         prefill pool's)."""
         pool = self.pool if pool is None else pool
-        open_ = pool if all(r.accepting for r in pool) else [r for r in pool if r.accepting]
+        if self.failures_on and not all(r.accepting for r in pool):   # only failures close replicas
+            open_ = [r for r in pool if r.accepting]
+        else:
+            open_ = pool
         if not open_:
             return self._reject(req, "no_replica_available")
         target = open_[(self.router if router is None else router).route(req, open_)]
