@@ -37,6 +37,10 @@ class Interconnect(Frozen):
     devices_per_node: int = Field(ge=1, description="Devices sharing the intra-node fabric")
     intra_node: Link = Field(description="NVLink-class fabric inside a node")
     inter_node: Link = Field(description="Network between nodes (InfiniBand/RoCE or vendor fabric)")
+    switch_reduction: bool = Field(
+        default=False,
+        description="The intra-node switch reduces in the fabric (NVLink SHARP on third-generation NVSwitch): "
+                    "an all-reduce moves the message about once per device instead of a ring's 2 (p-1)/p")
 
 
 class Power(Frozen):
@@ -58,7 +62,7 @@ class OpEfficiency(Frozen):
     Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_blocks`` and ``reduction_overhead_us`` (see
     :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
-    :func:`simserve.cost.ops.allreduce_s`).
+    :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
     """
 
     flops_fraction: float = Field(gt=0, le=1)
@@ -80,6 +84,10 @@ class OpEfficiency(Frozen):
         default=0.0, ge=0, description="Streaming kernels with a reduction (norms): extra fixed cost, microseconds")
     hop_latency_scale: float = Field(
         default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
+    switch_bandwidth_fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="All-reduce reduced in the switch (interconnect.switch_reduction): achievable fraction of the "
+                    "link bandwidth when each device sends and receives the message once; None: never used")
 
 
 class Efficiency(Frozen):

@@ -61,6 +61,12 @@ def test_allreduce_algorithms():
     assert ops.allreduce_time(big, 4, 1e11, 1e-6, eff).time_s == pytest.approx(50e-6 + 1.5 * big / 1e11)
     assert ops.allreduce_time(1e6, 4, 1e11, 1e-6, eff, custom_kernel=False).time_s == pytest.approx(50e-6 + 1.5e6 / 1e11 + 6e-6)
     assert ops.allreduce_time(1e6, 1, 1e11, 1e-6, IDEAL).time_s == 0.0
+    # a reducing switch (NVLS): each device sends and receives the message once, if faster than the ring
+    nvls = eff.model_copy(update={"switch_bandwidth_fraction": 0.8})
+    assert ops.allreduce_time(big, 8, 1e11, 1e-6, nvls, switch_reduction=True).time_s == pytest.approx(50e-6 + big / 8e10)
+    assert ops.allreduce_time(big, 2, 1e11, 1e-6, nvls, switch_reduction=True).time_s == pytest.approx(50e-6 + big / 1e11)
+    assert ops.allreduce_time(big, 8, 1e11, 1e-6, nvls).time_s == pytest.approx(50e-6 + 1.75 * big / 1e11)
+    assert ops.allreduce_time(1e6, 8, 1e11, 1e-6, nvls, switch_reduction=True).time_s == ops.allreduce_time(1e6, 8, 1e11, 1e-6, eff).time_s
 
 
 def test_batch_shape_sums():

@@ -64,6 +64,7 @@ class Points:
     reductions: np.ndarray         # streaming: norm reductions per measured op
     launches: np.ndarray           # streaming: kernels per measured op
     blocks: np.ndarray             # prefill attention: thread blocks (ops.prefill_blocks); 0 elsewhere
+    switch: np.ndarray             # all-reduce: 1 if the link's switch reduces (interconnect.switch_reduction)
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -78,7 +79,7 @@ class Points:
 
 
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
-           "outside", "per_token_blocks", "reductions", "launches", "blocks")
+           "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -114,7 +115,7 @@ def _keys(*columns) -> np.ndarray:
 def _frame(d: dict) -> pd.DataFrame:
     n = len(d["latency_s"])
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
-            "reductions": 0.0, "launches": 1.0, "blocks": 0.0}
+            "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -289,7 +290,8 @@ def allreduce_points(ds: Dataset, hw: HardwareProfile) -> Points:
             "source": source, "key": np.char.add(np.char.add(msg.astype(np.int64).astype(str), "B/"), p.astype(np.int64).astype(str)),
             "flops": 0.0, "bytes": msg, "units": p,    # ops.allreduce_s: message bytes, devices, link latency
             "peak_flops_s": 1.0, "bandwidth_bytes_s": link.bandwidth_gb_s * 1e9,
-            "hop_s": link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
+            "hop_s": link.latency_us * 1e-6, "latency_s": lat.to_numpy(float),
+            "switch": float(hw.interconnect.switch_reduction)}))
     return _points(hw.name, "allreduce", frames)
 
 

@@ -37,11 +37,12 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
     "row_bandwidth_gb_s": (math.log, math.exp, 10.0),
     "concurrent_blocks": (math.log, math.exp, 100.0),
     "reduction_overhead_us": (math.log, math.exp, 1.0),
+    "switch_bandwidth_fraction": (lambda v: math.log(v / (1 - v)), lambda x: 1.0 / (1.0 + math.exp(-x)), 0.6),
 }
 # Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
          "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
-         "reduction_overhead_us": 0.0}
+         "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
@@ -49,7 +50,7 @@ FREE = {
     "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "unit_overhead_ns", "concurrent_blocks"),
     "attention_decode": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
     "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us"),
-    "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale"),
+    "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale", "switch_bandwidth_fraction"),
     "send_recv": ("bandwidth_fraction", "overhead_us"),
 }
 # Streaming kernels are memory-bound, so their FLOP rate cannot be identified from timings; 1/16 of the
@@ -64,6 +65,15 @@ FIXED = {
 }
 
 
+def free_params(p: Points) -> tuple[str, ...]:
+    """The fitted parameters of a point set: its class's ``FREE`` names, less the switch's all-reduce
+    bandwidth when no measured link reduces in the switch (it would not change any prediction)."""
+    names = FREE[p.op_class]
+    if not p.switch.any():
+        names = tuple(n for n in names if n != "switch_bandwidth_fraction")
+    return names
+
+
 def predict_s(p: Points, params: dict) -> np.ndarray:
     """Vectorised twin of the :mod:`simserve.cost.ops` functions for these points (seconds).
 
@@ -71,7 +81,8 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     which is faster and equal to the scalar formulas to rounding. All-reduce and streaming points
     call :func:`~simserve.cost.ops.allreduce_s` and :func:`~simserve.cost.ops.streaming_s` themselves."""
     if p.op_class == "allreduce":
-        return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params))
+        return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params),
+                               switch_reduction=p.switch > 0)
     if p.op_class == "elementwise":
         return ops.streaming_s(p.units, p.flops, p.bytes, p.per_token_blocks > 0, p.reductions, p.launches,
                                p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params))
@@ -165,7 +176,7 @@ def fit_points(p: Points) -> dict:
     """Fitted OpEfficiency fields for one point set. Uses only ``p``: nothing else influences the result.
 
     Large sets are first fitted on an evenly strided subset (fast), then polished on all points."""
-    names, fixed = FREE[p.op_class], FIXED.get(p.op_class, {})
+    names, fixed = free_params(p), FIXED.get(p.op_class, {})
     stride = -(-len(p) // SUBSET_POINTS)
     coarse = _loss(p.take(np.arange(0, len(p), stride)), names, fixed)
     # coarse grid over the roofline's own three numbers, shape terms at their starting values

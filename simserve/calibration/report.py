@@ -38,9 +38,8 @@ WHY = {
                    "unidentified) and norms and rotary of the widest rows, which are slower than the per-block "
                    "rate predicts.",
     "allreduce": "the model follows vLLM's algorithms (custom one-/two-shot kernel below 8 MiB, NCCL's ring "
-                 "above), but on H100 large messages at 8 GPUs run ~1.3x faster than the ring's bytes allow (faster "
-                 "than at 4 GPUs), as NCCL's NVLink SHARP in-switch reduction would; the profile has no flag for "
-                 "in-switch reduction, so the ring formula stays.",
+                 "above, or NVLS where the switch reduces); what remains is the 8-16 MiB step where vLLM hands "
+                 "over to NCCL, which is ~20% cheaper than NCCL's fixed cost plus bytes predicts.",
     "send_recv": "Vidur's send/recv between the two GPUs of a node is a single stream of messages; the fit "
                  "is good inside a node.",
 }
@@ -62,6 +61,7 @@ def _param_cell(p: dict) -> str:
     out.append("-" if p.get("row_bandwidth_gb_s") is None else f"{p['row_bandwidth_gb_s']:.2f}")
     out.append("-" if p.get("concurrent_blocks") is None else f"{p['concurrent_blocks']:.0f}")
     out.append(f"{p.get('reduction_overhead_us', 0.0):.2f}")
+    out.append("-" if p.get("switch_bandwidth_fraction") is None else f"{p['switch_bandwidth_fraction']:.3f}")
     return " | ".join(out)
 
 
@@ -107,6 +107,11 @@ def render_report_md(result) -> str:
         f"MoE routers). Attention: head_dim {HEAD_DIM} (FlashAttention picks other tiles for other sizes), "
         f"prefill prompts >= {MIN_PREFILL_LEN} tokens, bf16 KV cache, no sliding window. All-reduce: vLLM "
         "under CUDA graphs. Send/recv: the two GPUs of one node. Points outside are predicted as cross-checks.",
+        "- **All-reduce on a reducing switch.** Where the profile says the intra-node switch reduces "
+        "(`interconnect.switch_reduction`: H100's third-generation NVSwitch, NVLink SHARP), NCCL's large "
+        "messages take the faster of the ring (2(p-1)/p of the message per device) and NVLS (the switch sums "
+        "and multicasts, so each device sends and receives the message once) at its own fitted "
+        "`switch_bandwidth_fraction` of the link; devices without it (A100, A40) do not fit that parameter.",
         "",
         "Parameters per class (OpEfficiency fields; the rest stay at their plain-roofline defaults):",
         "",
@@ -131,8 +136,9 @@ def render_report_md(result) -> str:
                        f"{_mark(f['median_abs_pct_err'], f['p90_abs_pct_err'], t['op_median'], t['op_p90'])} |")
     out += ["", "## Fitted parameters", "",
             "| device | class | flops_fraction | bandwidth_fraction | overhead_us | overlap_exponent | "
-            "unit_overhead_ns | hop_latency_scale | row_bandwidth_gb_s | concurrent_blocks | reduction_overhead_us |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "unit_overhead_ns | hop_latency_scale | row_bandwidth_gb_s | concurrent_blocks | reduction_overhead_us | "
+            "switch_bandwidth_fraction |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for hw in hws:
         for oc in OP_CLASSES:
             if oc in result.params[hw]:

@@ -197,33 +197,43 @@ CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 2**20
 
 
 def allreduce_s(message_bytes, num_devices, link_bandwidth_bytes_s, link_latency_s, eff: OpEfficiency,
-                custom_kernel=True):
+                custom_kernel=True, switch_reduction=False):
     """All-reduce seconds (scalars or numpy arrays). A ring moves ``2 (p-1)/p`` of the message per device.
 
     Below ``CUSTOM_ALLREDUCE_MAX_BYTES`` inside a node, vLLM's custom kernel runs whichever is faster of
     one-shot (one stage: every device reads the ``p-1`` peer buffers) and two-shot (two stages:
     reduce-scatter then all-gather, the ring's bytes); each stage pays one cross-device handshake of
     ``hop_latency_scale`` link latencies. Otherwise NCCL's ring pays ``overhead_us`` (launch and
-    protocol set-up) and, across nodes, the link latency of each of its ``2 (p-1)`` steps."""
+    protocol set-up) and, across nodes, the link latency of each of its ``2 (p-1)`` steps.
+
+    ``switch_reduction`` (inside a node whose switch reduces, e.g. NVLink SHARP): NCCL runs whichever is
+    faster of the ring and NVLS, where the switch sums what every device sends and multicasts the result,
+    so each device sends and receives the message once, at ``switch_bandwidth_fraction`` of the link."""
     p = np.asarray(num_devices, dtype=float)
     m = np.asarray(message_bytes, dtype=float)
     bw = link_bandwidth_bytes_s * eff.bandwidth_fraction
     ring_s = 2.0 * (p - 1) / p * m / bw
     stage_s = eff.hop_latency_scale * link_latency_s
     custom_s = np.minimum(stage_s + (p - 1) * m / bw, 2.0 * stage_s + ring_s)
-    nccl_s = eff.overhead_us * 1e-6 + ring_s + np.where(custom_kernel, 0.0, 2.0 * (p - 1) * link_latency_s)
+    wire_s = ring_s
+    if eff.switch_bandwidth_fraction is not None:
+        nvls_s = m / (link_bandwidth_bytes_s * eff.switch_bandwidth_fraction)
+        wire_s = np.where(switch_reduction, np.minimum(ring_s, nvls_s), ring_s)
+    nccl_s = eff.overhead_us * 1e-6 + wire_s + np.where(custom_kernel, 0.0, 2.0 * (p - 1) * link_latency_s)
     out = np.where(custom_kernel & (m < CUSTOM_ALLREDUCE_MAX_BYTES), custom_s, nccl_s)
     return np.where(p > 1, out, 0.0)
 
 
 def allreduce_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_s: float,
-                   link_latency_s: float, eff: OpEfficiency, custom_kernel: bool = True) -> OpTime:
+                   link_latency_s: float, eff: OpEfficiency, custom_kernel: bool = True,
+                   switch_reduction: bool = False) -> OpTime:
     """All-reduce of ``message_bytes`` over ``num_devices`` (see :func:`allreduce_s`); ``custom_kernel``
-    is False when the group spans nodes."""
+    is False when the group spans nodes, ``switch_reduction`` True when it stays on a reducing switch."""
     if num_devices <= 1:
         return OpTime(0.0, NETWORK, 0.0, 0.0)
     p = num_devices
-    time_s = float(allreduce_s(message_bytes, p, link_bandwidth_bytes_s, link_latency_s, eff, custom_kernel))
+    time_s = float(allreduce_s(message_bytes, p, link_bandwidth_bytes_s, link_latency_s, eff, custom_kernel,
+                               switch_reduction))
     return OpTime(time_s, NETWORK, 0.0, 2.0 * (p - 1) / p * message_bytes)
 
 

@@ -88,6 +88,7 @@ class RooflineStep:
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
         self.intra_node_tp = tp <= hw.interconnect.devices_per_node
+        self.switch_reduction = self.intra_node_tp and hw.interconnect.switch_reduction
         link = hw.interconnect.intra_node if self.intra_node_tp else hw.interconnect.inter_node
         self.link_bw_bytes_s = link.bandwidth_gb_s * 1e9
         self.link_latency_s = link.latency_us * 1e-6
@@ -126,7 +127,8 @@ class RooflineStep:
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
         allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s,
-                                      e.allreduce, custom_kernel=self.intra_node_tp)
+                                      e.allreduce, custom_kernel=self.intra_node_tp,
+                                      switch_reduction=self.switch_reduction)
         add = ops.elementwise_time(T, m.hidden_size, ops.RESIDUAL_ADD, ab, pa, bw, e.elementwise)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
