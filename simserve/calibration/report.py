@@ -21,14 +21,14 @@ WHY = {
                          "prompts of 64-128 tokens at small batch are still over-predicted by 10-20% and prompts "
                          "of 512-2048 tokens of a single sequence under-predicted by ~10%: FlashAttention's "
                          "per-shape tile and split choices, which per-batch sums cannot follow.",
-    "attention_decode": "vLLM 0.14's FlashAttention-2 decode on A100 takes different paths the per-batch roofline "
-                        "cannot follow: with as many query heads as KV heads it runs one thread block per "
-                        "(sequence, head) over the whole context at about 22 GB/s per block (no split-KV), so a "
-                        "few sequences of few heads at long contexts run up to 50x slower than the DRAM roofline; "
-                        "its fixed cost is ~12.5 us for one sequence or one KV head but ~18.5 us for larger "
-                        "grouped-query batches (a per-block bandwidth term recovered the first at 22.9 GB/s but "
-                        "gained only 3 points of p90, so it was not adopted); and contexts below 128 tokens cost "
-                        "the same as empty ones at large batch.",
+    "attention_decode": "two launch-grid facts of vLLM 0.14's FlashAttention-2 decode are modelled (with as many "
+                        "query as KV heads, one thread block per sequence and head walks its whole context at the "
+                        "fitted row_bandwidth_gb_s, in waves of the SM count; grouped queries of several sequences "
+                        "and several KV heads are copied in and out, relayout_overhead_us), but what remains are "
+                        "the split-KV choices: a single grouped-query sequence at long context is under-predicted "
+                        "(too few KV heads to fill the GPU even when split), and short contexts of 32-256 tokens "
+                        "at large batch, and of every batch with as many query as KV heads, are over-predicted "
+                        "(a block's walk over a short context is faster than its streaming rate).",
     "elementwise": "the model gives each kernel its own bytes, FLOPs and launch grid (norm, rotary and "
                    "activation run one thread block per token, the fit finds about as many concurrent rows as the "
                    "GPU has SMs on A100 and H100; the residual add streams near full DRAM bandwidth), and the "
@@ -61,6 +61,7 @@ def _param_cell(p: dict) -> str:
     out.append("-" if p.get("row_bandwidth_gb_s") is None else f"{p['row_bandwidth_gb_s']:.2f}")
     out.append("-" if p.get("concurrent_blocks") is None else f"{p['concurrent_blocks']:.0f}")
     out.append(f"{p.get('reduction_overhead_us', 0.0):.2f}")
+    out.append(f"{p.get('relayout_overhead_us', 0.0):.2f}")
     out.append("-" if p.get("switch_bandwidth_fraction") is None else f"{p['switch_bandwidth_fraction']:.3f}")
     return " | ".join(out)
 
@@ -137,8 +138,8 @@ def render_report_md(result) -> str:
     out += ["", "## Fitted parameters", "",
             "| device | class | flops_fraction | bandwidth_fraction | overhead_us | overlap_exponent | "
             "unit_overhead_ns | hop_latency_scale | row_bandwidth_gb_s | concurrent_blocks | reduction_overhead_us | "
-            "switch_bandwidth_fraction |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "relayout_overhead_us | switch_bandwidth_fraction |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for hw in hws:
         for oc in OP_CLASSES:
             if oc in result.params[hw]:

@@ -13,6 +13,7 @@ All-reduce follows vLLM: its custom one-/two-shot kernel for small messages insi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,29 @@ def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s:
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
     busy = 1.0 if eff.concurrent_blocks is None or blocks <= 0 else min(1.0, blocks / eff.concurrent_blocks)
     return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
+
+
+def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_heads: float, num_kv_heads: float,
+                          peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency,
+                          sm_count: float | None = None) -> OpTime:
+    """A decode attention kernel (FlashAttention-2 as vLLM runs it): :func:`attention_time` with one work
+    unit per (sequence, KV head), plus two launch-grid facts of that kernel. Grouped-query heads are
+    regrouped so a KV head's queries form one tile (``seqlenq_ngroups_swapped``); with more than one
+    sequence and more than one KV head that regrouping copies the queries in and the outputs back, two
+    extra kernels that cost ``relayout_overhead_us`` together. With as many query as KV heads there is no
+    regrouping and no split of the context: one thread block per (sequence, head) walks its whole
+    context at ``row_bandwidth_gb_s``, in waves of ``sm_count`` blocks, so few long sequences take far
+    longer than the DRAM roofline (the per-block bytes are the batch's mean)."""
+    units = num_seqs * num_kv_heads
+    op = attention_time(flops, bytes_, units, peak_flops_s, bandwidth_bytes_s, eff)
+    extra_s = eff.relayout_overhead_us * 1e-6 if num_heads > num_kv_heads and num_seqs > 1 and num_kv_heads > 1 else 0.0
+    time_s, bound = op.time_s, op.bound
+    if num_heads == num_kv_heads and eff.row_bandwidth_gb_s is not None and sm_count and units > 0:
+        waves = math.ceil(units / sm_count)
+        walk_s = eff.overhead_us * 1e-6 + units * eff.unit_overhead_ns * 1e-9 + bytes_ / units / (eff.row_bandwidth_gb_s * 1e9) * waves
+        if walk_s > time_s:
+            time_s, bound = walk_s, MEMORY
+    return OpTime(time_s + extra_s, bound, flops, bytes_)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:

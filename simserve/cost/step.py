@@ -16,7 +16,7 @@ mean token-expert pairs per device, and the weights of the local experts a devic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import comb
+from math import ceil, comb
 
 from .. import quantization as q
 from ..hardware import HardwareProfile
@@ -166,7 +166,8 @@ class RooflineStep:
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
-            out.append(ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pa, bw, e.attention_decode))
+            out.append(ops.decode_attention_time(fl, by, b.decode_seqs, self.heads, self.kv_heads, pa, bw,
+                                                 e.attention_decode, self.hw.sm_count))
         return out
 
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
@@ -305,17 +306,28 @@ class RooflineStep:
               + 2.0 * n * self.kv_heads * d * self.kv_value_bytes
               + 2.0 * (ctx - n) * self.kv_heads * d * self.kv_value_bytes)
         e = self.hw.efficiency.attention_decode
-        over = e.overhead_us * 1e-6 + n * self.kv_heads * e.unit_overhead_ns * 1e-9
+        units = n * self.kv_heads
+        over = e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
         compute_s = fl / (self.attn_flops_s * e.flops_fraction)          # ops._roofline
         memory_s = by / (self.bw_bytes_s * e.bandwidth_fraction)
         hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
         if e.overlap_exponent is not None and hi > 0.0:
             p = e.overlap_exponent
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-        t = self.num_layers * (over + hi)
-        if over > hi:
+        op_s = over + hi                                                  # ops.decode_attention_time
+        bound = ops.OVERHEAD if over > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+        sm = self.hw.sm_count
+        if self.heads == self.kv_heads and e.row_bandwidth_gb_s is not None and sm and units > 0:
+            walk_s = (e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
+                      + by / units / (e.row_bandwidth_gb_s * 1e9) * ceil(units / sm))
+            if walk_s > op_s:
+                op_s, bound = walk_s, ops.MEMORY
+        if self.heads > self.kv_heads and n > 1 and self.kv_heads > 1:
+            op_s = op_s + e.relayout_overhead_us * 1e-6
+        t = self.num_layers * op_s
+        if bound == ops.OVERHEAD:
             overhead += t
-        elif compute_s >= memory_s:
+        elif bound == ops.COMPUTE:
             compute += t
         else:
             memory += t
