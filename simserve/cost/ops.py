@@ -103,11 +103,13 @@ def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_head
     longer than the DRAM roofline (the per-block bytes are the batch's mean)."""
     units = num_seqs * num_kv_heads
     op = attention_time(flops, bytes_, units, peak_flops_s, bandwidth_bytes_s, eff)
-    extra_s = eff.relayout_overhead_us * 1e-6 if num_heads > num_kv_heads and num_seqs > 1 and num_kv_heads > 1 else 0.0
+    regrouped = num_heads > num_kv_heads and num_seqs > 1 and num_kv_heads > 1
+    extra_s = eff.relayout_overhead_us * 1e-6 if regrouped else 0.0
     time_s, bound = op.time_s, op.bound
     if num_heads == num_kv_heads and eff.row_bandwidth_gb_s is not None and sm_count and units > 0:
         waves = math.ceil(units / sm_count)
-        walk_s = eff.overhead_us * 1e-6 + units * eff.unit_overhead_ns * 1e-9 + bytes_ / units / (eff.row_bandwidth_gb_s * 1e9) * waves
+        walk_s = (eff.overhead_us * 1e-6 + units * eff.unit_overhead_ns * 1e-9
+                  + bytes_ / units / (eff.row_bandwidth_gb_s * 1e9) * waves)
         if walk_s > time_s:
             time_s, bound = walk_s, MEMORY
     return OpTime(time_s + extra_s, bound, flops, bytes_)
