@@ -37,6 +37,10 @@ class Interconnect(Frozen):
     devices_per_node: int = Field(ge=1, description="Devices sharing the intra-node fabric")
     intra_node: Link = Field(description="NVLink-class fabric inside a node")
     inter_node: Link = Field(description="Network between nodes (InfiniBand/RoCE or vendor fabric)")
+    switch_reduction: bool = Field(
+        default=False,
+        description="The intra-node switch reduces in the fabric (NVLink SHARP on third-generation NVSwitch): "
+                    "an all-reduce moves the message about once per device instead of a ring's 2 (p-1)/p")
 
 
 class Power(Frozen):
@@ -58,7 +62,9 @@ class OpEfficiency(Frozen):
     Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_blocks`` and ``reduction_overhead_us`` (see
     :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
-    :func:`simserve.cost.ops.allreduce_s`).
+    :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
+    Decode attention uses ``row_bandwidth_gb_s`` (one block per sequence and head when there are as many query
+    as KV heads) and ``relayout_overhead_us`` (see :func:`simserve.cost.ops.decode_attention_time`).
     """
 
     flops_fraction: float = Field(gt=0, le=1)
@@ -80,6 +86,14 @@ class OpEfficiency(Frozen):
         default=0.0, ge=0, description="Streaming kernels with a reduction (norms): extra fixed cost, microseconds")
     hop_latency_scale: float = Field(
         default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
+    relayout_overhead_us: float = Field(
+        default=0.0, ge=0,
+        description="Decode attention with grouped-query heads, several sequences and several KV heads: the two "
+                    "copies that regroup queries and outputs (FlashAttention-2), microseconds together")
+    switch_bandwidth_fraction: float | None = Field(
+        default=None, gt=0, le=1,
+        description="All-reduce reduced in the switch (interconnect.switch_reduction): achievable fraction of the "
+                    "link bandwidth when each device sends and receives the message once; None: never used")
 
 
 class Efficiency(Frozen):
@@ -105,6 +119,9 @@ class HardwareProfile(Frozen):
     display_name: str
     kind: Literal["gpu", "sram_accelerator"]
     peak_tflops: dict[Dtype, float] = Field(description="Dense (non-sparse) peak per compute dtype, 1e12 FLOP/s")
+    sm_count: int | None = Field(default=None, ge=1,
+                                 description="GPUs: streaming multiprocessors, the thread blocks that run at once "
+                                             "for a kernel of one block per SM")
     memory: Memory | None = Field(default=None, description="Off-chip memory; absent on SRAM-only chips")
     sram: Sram | None = None
     host_link: Link = Field(description="Device <-> host memory link (PCIe or C2C)")

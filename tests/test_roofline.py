@@ -61,6 +61,26 @@ def test_allreduce_algorithms():
     assert ops.allreduce_time(big, 4, 1e11, 1e-6, eff).time_s == pytest.approx(50e-6 + 1.5 * big / 1e11)
     assert ops.allreduce_time(1e6, 4, 1e11, 1e-6, eff, custom_kernel=False).time_s == pytest.approx(50e-6 + 1.5e6 / 1e11 + 6e-6)
     assert ops.allreduce_time(1e6, 1, 1e11, 1e-6, IDEAL).time_s == 0.0
+    # a reducing switch (NVLS): each device sends and receives the message once, if faster than the ring
+    nvls = eff.model_copy(update={"switch_bandwidth_fraction": 0.8})
+    assert ops.allreduce_time(big, 8, 1e11, 1e-6, nvls, switch_reduction=True).time_s == pytest.approx(50e-6 + big / 8e10)
+    assert ops.allreduce_time(big, 2, 1e11, 1e-6, nvls, switch_reduction=True).time_s == pytest.approx(50e-6 + big / 1e11)
+    assert ops.allreduce_time(big, 8, 1e11, 1e-6, nvls).time_s == pytest.approx(50e-6 + 1.75 * big / 1e11)
+    assert ops.allreduce_time(1e6, 8, 1e11, 1e-6, nvls, switch_reduction=True).time_s == ops.allreduce_time(1e6, 8, 1e11, 1e-6, eff).time_s
+
+
+def test_decode_attention_launch_grid_terms():
+    eff = IDEAL.model_copy(update={"overhead_us": 10.0, "row_bandwidth_gb_s": 20.0, "relayout_overhead_us": 6.0})
+    by = 1e6 * 100          # 100 blocks of 1 MB each
+    # as many query as KV heads: 100 (sequence, head) blocks walk 1 MB each at 20 GB/s, in waves of 64 SMs
+    t = ops.decode_attention_time(0.0, by, 25, 4, 4, 1e15, 1e12, eff, sm_count=64)
+    assert t.time_s == pytest.approx(10e-6 + 1e6 / 20e9 * 2) and t.bound == ops.MEMORY
+    # without an SM count, or with grouped queries, the roofline (plus, for several sequences and KV heads,
+    # the two regrouping copies)
+    assert ops.decode_attention_time(0.0, by, 25, 4, 4, 1e15, 1e12, eff).time_s == pytest.approx(10e-6 + by / 1e12)
+    assert ops.decode_attention_time(0.0, by, 25, 8, 4, 1e15, 1e12, eff, 64).time_s == pytest.approx(16e-6 + by / 1e12)
+    assert ops.decode_attention_time(0.0, by, 1, 8, 4, 1e15, 1e12, eff, 64).time_s == pytest.approx(10e-6 + by / 1e12)
+    assert ops.decode_attention_time(0.0, by, 25, 8, 1, 1e15, 1e12, eff, 64).time_s == pytest.approx(10e-6 + by / 1e12)
 
 
 def test_batch_shape_sums():

@@ -83,3 +83,22 @@ def test_decode_span_matches_one_iteration_at_a_time(i, n, extra_ctx, count):
     s = STEPS[i]
     ctx = n + extra_ctx
     assert s.decode_span(n, ctx, count) == [s.general_step(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)]
+
+
+def test_decode_launch_grid_terms_are_on_the_fast_path():
+    """A100 decode: a few long MHA sequences walk their context block by block (far above the roofline),
+    and grouped queries of several sequences pay the regrouping copies; the fast path gives the same bits."""
+    hw = load_profile("a100-sxm-80gb")
+    e = hw.efficiency.attention_decode
+    assert e.row_bandwidth_gb_s is not None and e.relayout_overhead_us > 0 and hw.sm_count
+    prec = Precision.of("bf16", "bf16", "bf16")
+    for model, n, ctx in (("llama-2-7b", 2, 200_000), ("llama-2-7b", 64, 64 * 300), ("llama-3.1-8b", 64, 64 * 500)):
+        s = RooflineStep(load_model(model), hw, prec, 1, 1, 1.0)
+        b = BatchShape(n, n, n, n, ctx)
+        assert s.decode_cost(n, n, ctx) == RooflineStep(s.model, hw, prec, 1, 1, 1.0).general_step(b)
+    s = RooflineStep(load_model("llama-2-7b"), hw, prec, 8, 1, 1.0)     # 4 heads per device
+    b = BatchShape(1, 1, 1, 1, 100_000)
+    assert s.decode_cost(1, 1, 100_000) == RooflineStep(s.model, hw, prec, 8, 1, 1.0).general_step(b)
+    (_, op), = s.attention_ops(b)
+    roof = ops.attention_time(op.flops, op.bytes, s.kv_heads, s.attn_flops_s, s.bw_bytes_s, e)
+    assert op.time_s > 5 * roof.time_s

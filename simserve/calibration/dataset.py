@@ -64,6 +64,9 @@ class Points:
     reductions: np.ndarray         # streaming: norm reductions per measured op
     launches: np.ndarray           # streaming: kernels per measured op
     blocks: np.ndarray             # prefill attention: thread blocks (ops.prefill_blocks); 0 elsewhere
+    switch: np.ndarray             # all-reduce: 1 if the link's switch reduces (interconnect.switch_reduction)
+    walk_sms: np.ndarray           # decode attention with as many query as KV heads: the GPU's SMs; 0 elsewhere
+    relayout: np.ndarray           # decode attention: 1 if grouped queries are copied (ops.decode_attention_time)
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -78,7 +81,7 @@ class Points:
 
 
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
-           "outside", "per_token_blocks", "reductions", "launches", "blocks")
+           "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_sms", "relayout")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -114,7 +117,7 @@ def _keys(*columns) -> np.ndarray:
 def _frame(d: dict) -> pd.DataFrame:
     n = len(d["latency_s"])
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
-            "reductions": 0.0, "launches": 1.0, "blocks": 0.0}
+            "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_sms": 0.0, "relayout": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -232,11 +235,14 @@ def _attention_frame(hw: HardwareProfile, op_class: str, source: str, seqs, q, c
         flops = ops.decode_attention_flops(heads, head_dim, seqs * (c + 1))
         bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, seqs, seqs * c, ACT_BYTES, ACT_BYTES)
         units = seqs * kv_heads     # decode kernels pack a KV head's query heads into one unit
-        blocks = 0.0                # split-KV fills the GPU: no occupancy term
+        blocks = 0.0                # no prefill-style occupancy term (see ops.decode_attention_time)
+        walk_sms = np.where(heads == kv_heads, float(hw.sm_count or 0), 0.0)
+        relayout = ((heads > kv_heads) & (seqs > 1) & (kv_heads > 1)).astype(float)
     outside = np.where(head_dim != HEAD_DIM, f"head_dim != {HEAD_DIM}", "")
     return _frame({
         "source": source, "key": _keys(seqs, q, c, heads, kv_heads, head_dim), "ref": ref, "outside": outside,
         "flops": flops, "bytes": bytes_, "units": units, "blocks": blocks,
+        **({"walk_sms": walk_sms, "relayout": relayout} if op_class == "attention_decode" else {}),
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
         "latency_s": np.asarray(latency_s, dtype=float)})
 
@@ -289,7 +295,8 @@ def allreduce_points(ds: Dataset, hw: HardwareProfile) -> Points:
             "source": source, "key": np.char.add(np.char.add(msg.astype(np.int64).astype(str), "B/"), p.astype(np.int64).astype(str)),
             "flops": 0.0, "bytes": msg, "units": p,    # ops.allreduce_s: message bytes, devices, link latency
             "peak_flops_s": 1.0, "bandwidth_bytes_s": link.bandwidth_gb_s * 1e9,
-            "hop_s": link.latency_us * 1e-6, "latency_s": lat.to_numpy(float)}))
+            "hop_s": link.latency_us * 1e-6, "latency_s": lat.to_numpy(float),
+            "switch": float(hw.interconnect.switch_reduction)}))
     return _points(hw.name, "allreduce", frames)
 
 

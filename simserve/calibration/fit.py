@@ -37,31 +37,51 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
     "row_bandwidth_gb_s": (math.log, math.exp, 10.0),
     "concurrent_blocks": (math.log, math.exp, 100.0),
     "reduction_overhead_us": (math.log, math.exp, 1.0),
+    "switch_bandwidth_fraction": (lambda v: math.log(v / (1 - v)), lambda x: 1.0 / (1.0 + math.exp(-x)), 0.6),
+    "relayout_overhead_us": (math.log, math.exp, 3.0),
 }
 # Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
          "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
-         "reduction_overhead_us": 0.0}
+         "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None, "relayout_overhead_us": 0.0}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
     "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent"),
     "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "unit_overhead_ns", "concurrent_blocks"),
-    "attention_decode": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
+    "attention_decode": ("bandwidth_fraction", "overhead_us", "unit_overhead_ns", "row_bandwidth_gb_s", "relayout_overhead_us"),
     "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us"),
-    "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale"),
+    "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale", "switch_bandwidth_fraction"),
     "send_recv": ("bandwidth_fraction", "overhead_us"),
 }
 # Streaming kernels are memory-bound, so their FLOP rate cannot be identified from timings; 1/16 of the
 # dense tensor peak is about the CUDA-core FP32 rate of A100/H100, and never binds for these kernels.
 # Collectives move bytes only. Prefill attention's compute and memory time add up (free fits gave an
 # overlap exponent of 1.00 on A100 and 1.05 on H100), so the sum is fixed and the fifth parameter is occupancy.
+# Decode attention likewise adds compute (at the tensor peak: free fits gave overlap 1.01 and an unidentified
+# FLOP fraction) to memory time; its last two parameters are the launch-grid terms of ops.decode_attention_time.
 FIXED = {
     "attention_prefill": {"overlap_exponent": 1.0},
+    "attention_decode": {"flops_fraction": 1.0, "overlap_exponent": 1.0},
     "elementwise": {"flops_fraction": 0.0625},
     "allreduce": {"flops_fraction": 1.0},
     "send_recv": {"flops_fraction": 1.0},
 }
+
+
+def free_params(p: Points) -> tuple[str, ...]:
+    """The fitted parameters of a point set: its class's ``FREE`` names, less the switch's all-reduce
+    bandwidth when no measured link reduces in the switch, and decode's per-block rate or relayout cost when
+    no measured kernel has as many query as KV heads or regroups its queries (they would change nothing)."""
+    names = FREE[p.op_class]
+    if not p.switch.any():
+        names = tuple(n for n in names if n != "switch_bandwidth_fraction")
+    if p.op_class == "attention_decode":
+        if not p.walk_sms.any():
+            names = tuple(n for n in names if n != "row_bandwidth_gb_s")
+        if not p.relayout.any():
+            names = tuple(n for n in names if n != "relayout_overhead_us")
+    return names
 
 
 def predict_s(p: Points, params: dict) -> np.ndarray:
@@ -71,7 +91,8 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     which is faster and equal to the scalar formulas to rounding. All-reduce and streaming points
     call :func:`~simserve.cost.ops.allreduce_s` and :func:`~simserve.cost.ops.streaming_s` themselves."""
     if p.op_class == "allreduce":
-        return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params))
+        return ops.allreduce_s(p.bytes, p.units, p.bandwidth_bytes_s, p.hop_s, SimpleNamespace(**params),
+                               switch_reduction=p.switch > 0)
     if p.op_class == "elementwise":
         return ops.streaming_s(p.units, p.flops, p.bytes, p.per_token_blocks > 0, p.reductions, p.launches,
                                p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params))
@@ -89,7 +110,16 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s
     if params.get("unit_overhead_ns", 0.0):
         fixed_s = fixed_s + p.units * params["unit_overhead_ns"] * 1e-9
-    return fixed_s + np.exp(log_hi)
+    out = fixed_s + np.exp(log_hi)
+    if p.op_class == "attention_decode":     # ops.decode_attention_time
+        walk = (p.walk_sms > 0) & (p.units > 0)
+        if params.get("row_bandwidth_gb_s") is not None and walk.any():
+            units = np.where(walk, p.units, 1.0)
+            waves = np.ceil(units / np.where(walk, p.walk_sms, 1.0))
+            walk_s = fixed_s + p.bytes / units / (params["row_bandwidth_gb_s"] * 1e9) * waves
+            out = np.where(walk, np.maximum(out, walk_s), out)
+        out = out + p.relayout * (params.get("relayout_overhead_us", 0.0) * 1e-6)
+    return out
 
 
 def source_weights(p: Points) -> np.ndarray:
@@ -165,7 +195,7 @@ def fit_points(p: Points) -> dict:
     """Fitted OpEfficiency fields for one point set. Uses only ``p``: nothing else influences the result.
 
     Large sets are first fitted on an evenly strided subset (fast), then polished on all points."""
-    names, fixed = FREE[p.op_class], FIXED.get(p.op_class, {})
+    names, fixed = free_params(p), FIXED.get(p.op_class, {})
     stride = -(-len(p) // SUBSET_POINTS)
     coarse = _loss(p.take(np.arange(0, len(p), stride)), names, fixed)
     # coarse grid over the roofline's own three numbers, shape terms at their starting values

@@ -19,24 +19,28 @@ METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator clas
 _DATAFLOW = ("assumption: the fractions of peak (and compute/memory overlap) of the measured H100; a statically "
              "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero, its "
              "streaming ops have no per-token thread blocks (the H100's full-bandwidth fraction applies), and its "
-             "collectives pay one link latency per algorithm stage of its own links")
+             "collectives pay one link latency per algorithm stage of its own links (no in-switch reduction)")
 # unmeasured device -> (device whose parameters it takes, why)
 CARRY_OVER = {
     "a100-sxm-40gb": ("a100-sxm-80gb", "same GA100 die and kernels as the measured A100 80GB; fractions apply to "
                                        "this board's own peaks (HBM2 bandwidth)"),
-    "h200-sxm-141gb": ("h100-sxm-80gb", "same GH100 compute die and kernels as the measured H100; fractions apply to "
-                                        "the H200's own peaks (HBM3e bandwidth), which is an assumption"),
+    "h200-sxm-141gb": ("h100-sxm-80gb", "same GH100 compute die and kernels as the measured H100, and the same "
+                                        "NVLink4 NVSwitch (NVLS all-reduce at the H100's fitted fraction); fractions "
+                                        "apply to the H200's own peaks (HBM3e bandwidth), which is an assumption"),
     "b200-180gb": ("h100-sxm-80gb", "no Blackwell measurements; assumes Blackwell kernels reach the same fractions of "
-                                    "their peaks and the same overheads as on the measured H100, and per-token "
+                                    "their peaks and the same overheads as on the measured H100 (NVLS all-reduce "
+                                    "included, at the H100's fraction of NVLink5), and per-token "
                                     "streaming kernels the H100's per-block rate and concurrency (148 SMs against "
                                     "132: pessimistic)"),
     "groq-lpu": ("h100-sxm-80gb", _DATAFLOW),
     "cerebras-cs3": ("h100-sxm-80gb", _DATAFLOW),
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
-           "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us")
+           "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us",
+           "relayout_overhead_us", "switch_bandwidth_fraction")
 _DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
-             "concurrent_blocks": None, "reduction_overhead_us": 0.0}
+             "concurrent_blocks": None, "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None,
+             "relayout_overhead_us": 0.0}
 
 
 def _num(v: float) -> str:
@@ -135,7 +139,8 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
         q = {f: p.get(f, _DEFAULTS.get(f)) for f in _FIELDS}
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
-                     concurrent_blocks=None, reduction_overhead_us=0.0)
+                     concurrent_blocks=None, reduction_overhead_us=0.0, switch_bandwidth_fraction=None,
+                     relayout_overhead_us=0.0)
         out[oc] = q
     return out
 

@@ -21,14 +21,14 @@ WHY = {
                          "prompts of 64-128 tokens at small batch are still over-predicted by 10-20% and prompts "
                          "of 512-2048 tokens of a single sequence under-predicted by ~10%: FlashAttention's "
                          "per-shape tile and split choices, which per-batch sums cannot follow.",
-    "attention_decode": "vLLM 0.14's FlashAttention-2 decode on A100 takes different paths the per-batch roofline "
-                        "cannot follow: with as many query heads as KV heads it runs one thread block per "
-                        "(sequence, head) over the whole context at about 22 GB/s per block (no split-KV), so a "
-                        "few sequences of few heads at long contexts run up to 50x slower than the DRAM roofline; "
-                        "its fixed cost is ~12.5 us for one sequence or one KV head but ~18.5 us for larger "
-                        "grouped-query batches (a per-block bandwidth term recovered the first at 22.9 GB/s but "
-                        "gained only 3 points of p90, so it was not adopted); and contexts below 128 tokens cost "
-                        "the same as empty ones at large batch.",
+    "attention_decode": "two launch-grid facts of vLLM 0.14's FlashAttention-2 decode are modelled (with as many "
+                        "query as KV heads, one thread block per sequence and head walks its whole context at the "
+                        "fitted row_bandwidth_gb_s, in waves of the SM count; grouped queries of several sequences "
+                        "and several KV heads are copied in and out, relayout_overhead_us), but what remains are "
+                        "the split-KV choices: a single grouped-query sequence at long context is under-predicted "
+                        "(too few KV heads to fill the GPU even when split), and short contexts of 32-256 tokens "
+                        "at large batch, and of every batch with as many query as KV heads, are over-predicted "
+                        "(a block's walk over a short context is faster than its streaming rate).",
     "elementwise": "the model gives each kernel its own bytes, FLOPs and launch grid (norm, rotary and "
                    "activation run one thread block per token, the fit finds about as many concurrent rows as the "
                    "GPU has SMs on A100 and H100; the residual add streams near full DRAM bandwidth), and the "
@@ -38,9 +38,8 @@ WHY = {
                    "unidentified) and norms and rotary of the widest rows, which are slower than the per-block "
                    "rate predicts.",
     "allreduce": "the model follows vLLM's algorithms (custom one-/two-shot kernel below 8 MiB, NCCL's ring "
-                 "above), but on H100 large messages at 8 GPUs run ~1.3x faster than the ring's bytes allow (faster "
-                 "than at 4 GPUs), as NCCL's NVLink SHARP in-switch reduction would; the profile has no flag for "
-                 "in-switch reduction, so the ring formula stays.",
+                 "above, or NVLS where the switch reduces); what remains is the 8-16 MiB step where vLLM hands "
+                 "over to NCCL, which is ~20% cheaper than NCCL's fixed cost plus bytes predicts.",
     "send_recv": "Vidur's send/recv between the two GPUs of a node is a single stream of messages; the fit "
                  "is good inside a node.",
 }
@@ -62,6 +61,8 @@ def _param_cell(p: dict) -> str:
     out.append("-" if p.get("row_bandwidth_gb_s") is None else f"{p['row_bandwidth_gb_s']:.2f}")
     out.append("-" if p.get("concurrent_blocks") is None else f"{p['concurrent_blocks']:.0f}")
     out.append(f"{p.get('reduction_overhead_us', 0.0):.2f}")
+    out.append(f"{p.get('relayout_overhead_us', 0.0):.2f}")
+    out.append("-" if p.get("switch_bandwidth_fraction") is None else f"{p['switch_bandwidth_fraction']:.3f}")
     return " | ".join(out)
 
 
@@ -107,6 +108,11 @@ def render_report_md(result) -> str:
         f"MoE routers). Attention: head_dim {HEAD_DIM} (FlashAttention picks other tiles for other sizes), "
         f"prefill prompts >= {MIN_PREFILL_LEN} tokens, bf16 KV cache, no sliding window. All-reduce: vLLM "
         "under CUDA graphs. Send/recv: the two GPUs of one node. Points outside are predicted as cross-checks.",
+        "- **All-reduce on a reducing switch.** Where the profile says the intra-node switch reduces "
+        "(`interconnect.switch_reduction`: H100's third-generation NVSwitch, NVLink SHARP), NCCL's large "
+        "messages take the faster of the ring (2(p-1)/p of the message per device) and NVLS (the switch sums "
+        "and multicasts, so each device sends and receives the message once) at its own fitted "
+        "`switch_bandwidth_fraction` of the link; devices without it (A100, A40) do not fit that parameter.",
         "",
         "Parameters per class (OpEfficiency fields; the rest stay at their plain-roofline defaults):",
         "",
@@ -131,8 +137,9 @@ def render_report_md(result) -> str:
                        f"{_mark(f['median_abs_pct_err'], f['p90_abs_pct_err'], t['op_median'], t['op_p90'])} |")
     out += ["", "## Fitted parameters", "",
             "| device | class | flops_fraction | bandwidth_fraction | overhead_us | overlap_exponent | "
-            "unit_overhead_ns | hop_latency_scale | row_bandwidth_gb_s | concurrent_blocks | reduction_overhead_us |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "unit_overhead_ns | hop_latency_scale | row_bandwidth_gb_s | concurrent_blocks | reduction_overhead_us | "
+            "relayout_overhead_us | switch_bandwidth_fraction |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for hw in hws:
         for oc in OP_CLASSES:
             if oc in result.params[hw]:

@@ -13,6 +13,7 @@ All-reduce follows vLLM: its custom one-/two-shot kernel for small messages insi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,6 +88,31 @@ def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s:
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
     busy = 1.0 if eff.concurrent_blocks is None or blocks <= 0 else min(1.0, blocks / eff.concurrent_blocks)
     return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
+
+
+def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_heads: float, num_kv_heads: float,
+                          peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency,
+                          sm_count: float | None = None) -> OpTime:
+    """A decode attention kernel (FlashAttention-2 as vLLM runs it): :func:`attention_time` with one work
+    unit per (sequence, KV head), plus two launch-grid facts of that kernel. Grouped-query heads are
+    regrouped so a KV head's queries form one tile (``seqlenq_ngroups_swapped``); with more than one
+    sequence and more than one KV head that regrouping copies the queries in and the outputs back, two
+    extra kernels that cost ``relayout_overhead_us`` together. With as many query as KV heads there is no
+    regrouping and no split of the context: one thread block per (sequence, head) walks its whole
+    context at ``row_bandwidth_gb_s``, in waves of ``sm_count`` blocks, so few long sequences take far
+    longer than the DRAM roofline (the per-block bytes are the batch's mean)."""
+    units = num_seqs * num_kv_heads
+    op = attention_time(flops, bytes_, units, peak_flops_s, bandwidth_bytes_s, eff)
+    regrouped = num_heads > num_kv_heads and num_seqs > 1 and num_kv_heads > 1
+    extra_s = eff.relayout_overhead_us * 1e-6 if regrouped else 0.0
+    time_s, bound = op.time_s, op.bound
+    if num_heads == num_kv_heads and eff.row_bandwidth_gb_s is not None and sm_count and units > 0:
+        waves = math.ceil(units / sm_count)
+        walk_s = (eff.overhead_us * 1e-6 + units * eff.unit_overhead_ns * 1e-9
+                  + bytes_ / units / (eff.row_bandwidth_gb_s * 1e9) * waves)
+        if walk_s > time_s:
+            time_s, bound = walk_s, MEMORY
+    return OpTime(time_s + extra_s, bound, flops, bytes_)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:
@@ -197,33 +223,43 @@ CUSTOM_ALLREDUCE_MAX_BYTES = 8 * 2**20
 
 
 def allreduce_s(message_bytes, num_devices, link_bandwidth_bytes_s, link_latency_s, eff: OpEfficiency,
-                custom_kernel=True):
+                custom_kernel=True, switch_reduction=False):
     """All-reduce seconds (scalars or numpy arrays). A ring moves ``2 (p-1)/p`` of the message per device.
 
     Below ``CUSTOM_ALLREDUCE_MAX_BYTES`` inside a node, vLLM's custom kernel runs whichever is faster of
     one-shot (one stage: every device reads the ``p-1`` peer buffers) and two-shot (two stages:
     reduce-scatter then all-gather, the ring's bytes); each stage pays one cross-device handshake of
     ``hop_latency_scale`` link latencies. Otherwise NCCL's ring pays ``overhead_us`` (launch and
-    protocol set-up) and, across nodes, the link latency of each of its ``2 (p-1)`` steps."""
+    protocol set-up) and, across nodes, the link latency of each of its ``2 (p-1)`` steps.
+
+    ``switch_reduction`` (inside a node whose switch reduces, e.g. NVLink SHARP): NCCL runs whichever is
+    faster of the ring and NVLS, where the switch sums what every device sends and multicasts the result,
+    so each device sends and receives the message once, at ``switch_bandwidth_fraction`` of the link."""
     p = np.asarray(num_devices, dtype=float)
     m = np.asarray(message_bytes, dtype=float)
     bw = link_bandwidth_bytes_s * eff.bandwidth_fraction
     ring_s = 2.0 * (p - 1) / p * m / bw
     stage_s = eff.hop_latency_scale * link_latency_s
     custom_s = np.minimum(stage_s + (p - 1) * m / bw, 2.0 * stage_s + ring_s)
-    nccl_s = eff.overhead_us * 1e-6 + ring_s + np.where(custom_kernel, 0.0, 2.0 * (p - 1) * link_latency_s)
+    wire_s = ring_s
+    if eff.switch_bandwidth_fraction is not None:
+        nvls_s = m / (link_bandwidth_bytes_s * eff.switch_bandwidth_fraction)
+        wire_s = np.where(switch_reduction, np.minimum(ring_s, nvls_s), ring_s)
+    nccl_s = eff.overhead_us * 1e-6 + wire_s + np.where(custom_kernel, 0.0, 2.0 * (p - 1) * link_latency_s)
     out = np.where(custom_kernel & (m < CUSTOM_ALLREDUCE_MAX_BYTES), custom_s, nccl_s)
     return np.where(p > 1, out, 0.0)
 
 
 def allreduce_time(message_bytes: float, num_devices: int, link_bandwidth_bytes_s: float,
-                   link_latency_s: float, eff: OpEfficiency, custom_kernel: bool = True) -> OpTime:
+                   link_latency_s: float, eff: OpEfficiency, custom_kernel: bool = True,
+                   switch_reduction: bool = False) -> OpTime:
     """All-reduce of ``message_bytes`` over ``num_devices`` (see :func:`allreduce_s`); ``custom_kernel``
-    is False when the group spans nodes."""
+    is False when the group spans nodes, ``switch_reduction`` True when it stays on a reducing switch."""
     if num_devices <= 1:
         return OpTime(0.0, NETWORK, 0.0, 0.0)
     p = num_devices
-    time_s = float(allreduce_s(message_bytes, p, link_bandwidth_bytes_s, link_latency_s, eff, custom_kernel))
+    time_s = float(allreduce_s(message_bytes, p, link_bandwidth_bytes_s, link_latency_s, eff, custom_kernel,
+                               switch_reduction))
     return OpTime(time_s, NETWORK, 0.0, 2.0 * (p - 1) / p * message_bytes)
 
 

@@ -16,7 +16,7 @@ mean token-expert pairs per device, and the weights of the local experts a devic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import comb
+from math import ceil, comb
 
 from .. import quantization as q
 from ..hardware import HardwareProfile
@@ -88,6 +88,7 @@ class RooflineStep:
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
         self.intra_node_tp = tp <= hw.interconnect.devices_per_node
+        self.switch_reduction = self.intra_node_tp and hw.interconnect.switch_reduction
         link = hw.interconnect.intra_node if self.intra_node_tp else hw.interconnect.inter_node
         self.link_bw_bytes_s = link.bandwidth_gb_s * 1e9
         self.link_latency_s = link.latency_us * 1e-6
@@ -126,7 +127,8 @@ class RooflineStep:
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
         allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s,
-                                      e.allreduce, custom_kernel=self.intra_node_tp)
+                                      e.allreduce, custom_kernel=self.intra_node_tp,
+                                      switch_reduction=self.switch_reduction)
         add = ops.elementwise_time(T, m.hidden_size, ops.RESIDUAL_ADD, ab, pa, bw, e.elementwise)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
@@ -164,7 +166,8 @@ class RooflineStep:
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
-            out.append(ops.attention_time(fl, by, b.decode_seqs * self.kv_heads, pa, bw, e.attention_decode))
+            out.append(ops.decode_attention_time(fl, by, b.decode_seqs, self.heads, self.kv_heads, pa, bw,
+                                                 e.attention_decode, self.hw.sm_count))
         return out
 
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
@@ -309,9 +312,15 @@ class RooflineStep:
         fl_per_key = 4.0 * heads * d
         by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
         e = self.hw.efficiency.attention_decode
-        over = e.overhead_us * 1e-6 + n * kvh * e.unit_overhead_ns * 1e-9
+        units = n * kvh
+        over = e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
         peak_f, peak_b = self.attn_flops_s * e.flops_fraction, self.bw_bytes_s * e.bandwidth_fraction
         p = e.overlap_exponent
+        sm = self.hw.sm_count
+        walks = self.heads == self.kv_heads and e.row_bandwidth_gb_s is not None and sm and units > 0
+        if walks:                                # see ops.decode_attention_time
+            row_bw, waves = e.row_bandwidth_gb_s * 1e9, ceil(units / sm)
+        relayout_s = e.relayout_overhead_us * 1e-6 if self.heads > self.kv_heads and n > 1 and kvh > 1 else None
         step_over = self.step_overhead_s
         out = []
         for _ in range(count):
@@ -321,11 +330,19 @@ class RooflineStep:
             hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
             if p is not None and hi > 0.0:
                 hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-            t = L * (over + hi)
+            op_s = over + hi
+            bound = ops.OVERHEAD if over > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+            if walks:
+                walk_s = over + by / units / row_bw * waves
+                if walk_s > op_s:
+                    op_s, bound = walk_s, ops.MEMORY
+            if relayout_s is not None:
+                op_s = op_s + relayout_s
+            t = L * op_s
             compute, memory, overhead = compute0, memory0, overhead0
-            if over > hi:
+            if bound == ops.OVERHEAD:
                 overhead += t
-            elif compute_s >= memory_s:
+            elif bound == ops.COMPUTE:
                 compute += t
             else:
                 memory += t
