@@ -5,12 +5,21 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import settings
+
 
 from simserve.config.base import set_path
 from simserve.cost.memory import MemoryPlan
 from simserve.engine.sim import Cluster
 from simserve.scenario import load_scenario
 from simserve.workload.specs import RequestSpecs
+
+# The suite is reproducible: every hypothesis test draws the same examples on every run, so CI cannot
+# fail by chance. `pytest --hypothesis-profile=explore` draws fresh examples (a failure it finds
+# becomes a regression test).
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", derandomize=False, max_examples=1000)
+settings.load_profile("default")
 
 TINY = {
     "name": "tiny",

@@ -191,24 +191,20 @@ class BlockManager:
         """Beam search: each ``(child, parent)`` in ``moves`` drops its blocks and shares the blocks the
         parent held before the call (no copy: a shared, partly filled last block is copied on the next
         write). Every sequence involved holds ``num_tokens`` KV slots. Sharing first and releasing after
-        keeps a block that one sequence gives up and another adopts from being freed in between. Blocks
-        the two tables already share (a common prefix: a block holds one position of one history) keep
-        their counts, so the work is the length of the tables' differing tails."""
+        keeps a block that one sequence gives up and another adopts from being freed in between. A
+        position where both tables hold the same block keeps its count; equal positions need not form
+        a prefix (prefix caching can give two histories of the same content different early blocks and
+        the same later one), so every position is compared."""
         self._share()
         ref, tables, gone = self._ref, self._tables, []
         for child, parent in moves:           # parents are never children: their tables stay as they are
             new, old = tables[parent], tables[child]
-            lo, hi = 0, min(len(new), len(old))
-            while lo < hi:                    # first position where the tables differ
-                mid = (lo + hi) // 2
-                if new[mid] == old[mid]:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            for block in new[lo:]:
-                ref[block] += 1
-            gone.append(old[lo:])
-            tables[child] = list(new)
+            if new != old:
+                tail = [b for a, b in zip(new, old) if a != b] + old[len(new):]
+                for block in [a for a, b in zip(new, old) if a != b] + new[len(old):]:
+                    ref[block] += 1
+                gone.append(tail)
+                tables[child] = list(new)
             self._tokens[child] = self._tokens[parent] = num_tokens
         for tail in gone:
             for block in reversed(tail):
