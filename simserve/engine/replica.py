@@ -251,30 +251,72 @@ class Replica:
         self._span_started = j + 1
 
     def _account(self, stop: int) -> None:
-        """Account for the span's iterations up to ``stop`` (exclusive), in order, start and end."""
+        """Account for the span's iterations up to ``stop`` (exclusive), in order, start and end: what
+        :meth:`_account_start`, the per-iteration loop's statistics and :meth:`Scheduler.advance_tick`
+        do, fused into one loop over local variables (every sum is made in the same order, so it has
+        the same bits). The decoders are the same ``n`` throughout; they may finish only at the end of
+        the span's last iteration."""
         costs, ends = self._span
+        done = self._span_done
+        if stop <= done:
+            return
         last = len(ends) - 1
         sched, stats, itl = self.scheduler, self.stats, self.itl_out
+        kv, block_due, finish_due = sched.kv, sched._block_due, sched._finish_due
+        values, counts = itl.values, itl.counts
         bound_s = stats.bound_s
-        for j in range(self._span_done, stop):
-            self._account_start(j)
+        n = sched.num_steady
+        running = len(sched.running)
+        steady_sum = sched._steady_sum
+        iterations, busy_s, flops, bytes_ = stats.iterations, stats.busy_s, stats.flops, stats.bytes
+        tokens, sum_batch_seqs = stats.tokens, stats.sum_batch_seqs
+        sum_kv_blocks, peak_kv_blocks = stats.sum_kv_blocks, stats.peak_kv_blocks
+        sum_kv_tokens_used, sum_running = stats.sum_kv_tokens_used, stats.sum_running
+        if running > stats.peak_running:
+            stats.peak_running = running
+        started = self._span_started
+        used = kv.num_blocks - len(kv._free) - len(kv._cached)
+        for j in range(done, stop):
+            t = sched.tick
+            if j >= started:                          # the iteration starts: its KV blocks, then usage
+                if t in block_due:
+                    if sched.schedule_steady():       # quiet: the blocks are always at hand
+                        raise RuntimeError(f"replica {self.index}: a quiet iteration preempted")
+                    used = kv.num_blocks - len(kv._free) - len(kv._cached)
+                sum_kv_blocks += used
+                if used > peak_kv_blocks:
+                    peak_kv_blocks = used
+                sum_kv_tokens_used += steady_sum + n * (t + 1)
+                sum_running += running
+                started = j + 1
             cost = costs[j]
-            n = sched.num_steady
             time_s = cost.time_s
-            stats.iterations += 1
-            stats.busy_s += time_s
-            stats.flops += cost.flops
-            stats.bytes += cost.bytes
-            stats.tokens += n
-            stats.sum_batch_seqs += n
+            iterations += 1
+            busy_s += time_s
+            flops += cost.flops
+            bytes_ += cost.bytes
+            tokens += n
+            sum_batch_seqs += n
             bound_s[cost.bound] = bound_s.get(cost.bound, 0.0) + time_s
             if j < last:
-                sched.advance_tick(ends[j], itl, n)
-            else:                                    # decoders may finish in the span's last iteration
-                for req in sched.update(Step(_NONE, _NONE, None, n), ends[j], itl):
-                    self.on_finish(req)
-        if stop > self._span_done:
-            self._span_done = stop
+                end = ends[j]
+                if sched._fresh:
+                    sched.advance_tick(end, itl, n)
+                else:                                 # advance_tick with nobody frozen since the last tick
+                    values.append(end - sched.tick_end_s)
+                    counts.append(n)
+                    finish_due.pop(t, None)
+                    sched.tick = t + 1
+                    sched.tick_end_s = end
+        stats.iterations, stats.busy_s, stats.flops, stats.bytes = iterations, busy_s, flops, bytes_
+        stats.tokens, stats.sum_batch_seqs = tokens, sum_batch_seqs
+        stats.sum_kv_blocks, stats.peak_kv_blocks = sum_kv_blocks, peak_kv_blocks
+        stats.sum_kv_tokens_used, stats.sum_running = sum_kv_tokens_used, sum_running
+        self._span_started = started
+        self._span_done = stop
+        if stop > last:                               # decoders may finish in the span's last iteration
+            for req in sched.update(Step(_NONE, _NONE, None, n), ends[last], itl):
+                self.on_finish(req)
 
 
 def _timeout_at(env: simpy.Environment, t: float) -> simpy.Event:

@@ -248,20 +248,28 @@ class Scheduler:
         is included: the finishes happen at its end). 0 when the next iteration is not quiet."""
         if self.active or self.waiting or not self.num_steady or self.kv._sharing:
             return 0
-        free = len(self.kv._free)
+        free = self.kv.num_unused
         bd, fd = self._block_due, self._finish_due
         t0 = self.tick
+        stop = t0 + min(limit, self.kv.block_size)
         need = 0
-        for t in range(t0, t0 + min(limit, self.kv.block_size)):
+        exact = False                 # count entries (an upper bound) until that could exceed ``free``
+        for t in range(t0, stop):
             due = bd.get(t)
             if due is not None:
-                need += sum(1 for r, v in due if v == r.version)
+                if not exact:
+                    need += len(due)
+                    if need > free:   # count again, without stale entries (thawed decoders)
+                        exact = True
+                        need = sum(1 for u in range(t0, t + 1) for r, v in bd.get(u, ()) if v == r.version)
+                else:
+                    need += sum(1 for r, v in due if v == r.version)
                 if need > free:
                     return t - t0
             fin = fd.get(t)
             if fin is not None and any(v == r.version for r, v in fin):
                 return t - t0 + 1
-        return min(limit, self.kv.block_size)
+        return stop - t0
 
     def advance_tick(self, now: float, itl: "ItlRecorder", num_steady: int) -> list:
         """The tick of ``num_steady`` steady decoders ends at ``now``: each has sampled a token (one ITL
@@ -335,13 +343,29 @@ class Scheduler:
         due = self._block_due.pop(t, None)
         if due is None:
             return False
+        # each needer is one token past its last block (that is what its due tick means). When all get
+        # one, the order is immaterial (which free block goes to whom is not observable)
+        nxt = t + self.kv.block_size
+        grow = self.kv.grow_one
+        if grow is not None and len(due) <= self.kv.num_unused:     # every needer gets a block: one pass
+            later = []
+            for req, version in due:
+                if version == req.version:
+                    k0 = req.k0
+                    grow(req.id, req.c0 + (t - k0) + 1)
+                    if nxt <= k0 + req.output_tokens - req.g0 - 1:
+                        later.append((req, version))
+            if later:
+                bucket = self._block_due.get(nxt)
+                if bucket is None:
+                    self._block_due[nxt] = later
+                else:
+                    bucket.extend(later)
+            return False
         needers = [req for req, version in due if version == req.version]
         if not needers:
             return False
-        # each needer is one token past its last block (that is what its due tick means). When all get
-        # one, the order is immaterial (which free block goes to whom is not observable)
         if self.kv.grow_each_by_one([r.id for r in needers], [r.c0 + (t - r.k0) + 1 for r in needers]):
-            nxt = t + self.kv.block_size
             later = [(r, r.version) for r in needers if nxt <= r.k0 + r.output_tokens - r.g0 - 1]
             if later:
                 bucket = self._block_due.get(nxt)
