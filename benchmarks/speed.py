@@ -14,6 +14,7 @@ The sustainable rate of a replica is measured, not assumed: an offline run (ever
 2,000 requests with the same lengths, completed requests / duration.
 
     python benchmarks/speed.py [--json] [--cases a,b,c] [--sizes 10000,100000,1000000]
+    python benchmarks/speed.py --table benchmarks/results/speed-DATE.json   # the docs' table from a saved run
 """
 from __future__ import annotations
 
@@ -94,13 +95,33 @@ def run_one(case: str, requests: int) -> dict:
             "peak_rss_mib": round(rss_kib / 1024, 1), **extra}
 
 
+CASE_LABELS = {"a": "a: Llama-2-7B, 1 x A100, Poisson at 70%", "b": "b: Azure conv x16 replicas H100, 70%",
+               "c": "c: 100 runs x 200 requests (API)", "d": "d: as b, 85% load"}
+
+
+def table(doc: dict) -> str:
+    """The Markdown table of docs/performance.md, from the JSON document ``--json`` printed."""
+    rows = ["| case | requests | iterations | wall s | us / iteration | simulated requests / s | peak RSS MiB | mean batch |",
+            "|---|---|---|---|---|---|---|---|"]
+    for r in doc["cases"]:
+        batch = f"{r['mean_batch_size']:.1f}" if "mean_batch_size" in r else "-"
+        rows.append(f"| {CASE_LABELS[r['case']]} | {r['requests']:,} | {r['iterations']:,} | {r['wall_s']:.1f} | "
+                    f"{r['us_per_iteration']:.1f} | {r['requests_per_s']:,.0f} | {r['peak_rss_mib']:,.0f} | {batch} |")
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON document")
     ap.add_argument("--cases", default="a,b,c,d")
     ap.add_argument("--sizes", default="10000,100000,1000000", help="request counts for case b")
+    ap.add_argument("--table", metavar="JSON", help="print the Markdown table of a saved --json run and exit")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "REQUESTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print(table(json.load(f)))
+        return
     if args.child:
         print(json.dumps(run_one(args.child[0], int(args.child[1]))))
         return
