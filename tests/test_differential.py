@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simserve.engine import sim
 from simserve.metrics import weighted_percentile
 from simserve.policies import SCHEDULERS
 
@@ -14,7 +15,9 @@ from conftest import run_tiny
 from reference_scheduler import ReferenceContinuous
 
 
-def _run(monkeypatch, reference: bool, rows, **kw):
+def _run(monkeypatch, reference: bool, rows, by_class: bool = True, **kw):
+    if not by_class:            # steady decoders' blocks handed out one by one (block-due events)
+        monkeypatch.setattr(sim, "blocks_never_shared", lambda *a: False)
     if reference:
         entry = SCHEDULERS._entries["continuous"]
         monkeypatch.setitem(SCHEDULERS._entries, "continuous", (entry[0], ReferenceContinuous))
@@ -40,8 +43,9 @@ rows = st.lists(st.tuples(st.floats(0, 0.3), st.integers(1, 30), st.integers(1, 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(rows=rows, blocks=st.integers(4, 40), bs=st.sampled_from([1, 2, 4, 16]), budget=st.integers(4, 48),
        seqs=st.integers(1, 6), chunked=st.booleans(), replicas=st.integers(1, 3),
-       limit=st.one_of(st.none(), st.floats(0.02, 0.4)), fail=st.booleans())
-def test_fast_scheduler_matches_reference(monkeypatch, rows, blocks, bs, budget, seqs, chunked, replicas, limit, fail):
+       limit=st.one_of(st.none(), st.floats(0.02, 0.4)), fail=st.booleans(), by_class=st.booleans())
+def test_fast_scheduler_matches_reference(monkeypatch, rows, blocks, bs, budget, seqs, chunked, replicas, limit, fail,
+                                          by_class):
     kw = dict(num_blocks=blocks, block_size=bs, scheduler__max_num_batched_tokens=max(budget, seqs),
               scheduler__max_num_seqs=seqs, scheduler__chunked_prefill=chunked, deployment__replicas=replicas)
     if not chunked:
@@ -50,7 +54,7 @@ def test_fast_scheduler_matches_reference(monkeypatch, rows, blocks, bs, budget,
         kw["run__max_duration_s"] = limit
     if fail:
         kw["failures"] = {"events": [{"replica": 0, "at_s": 0.037, "repair_s": 0.05}]}
-    fast = _observed(_run(monkeypatch, False, rows, **kw))
+    fast = _observed(_run(monkeypatch, False, rows, by_class, **kw))
     ref = _observed(_run(monkeypatch, True, rows, **kw))
     assert fast == ref
 

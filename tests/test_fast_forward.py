@@ -26,8 +26,9 @@ for _ in range(60):
 
 def _run(spans: bool, monkeypatch, rows, roofline: bool, **kw):
     with monkeypatch.context() as m:
-        if not spans:
+        if not spans:           # the reference: one event per iteration, one block-due event per block
             m.setattr(sim, "fast_forward_safe", lambda *a: False)
+            m.setattr(sim, "blocks_never_shared", lambda *a: False)
         resolved = tiny_resolved(**kw) if not roofline else tiny_resolved(cost_model={"kind": "roofline"}, **kw)
         rec = sim.Cluster(resolved, specs(rows)).run()
     summary = summarize(resolved, rec, requests_frame(rec))

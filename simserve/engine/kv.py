@@ -39,7 +39,7 @@ class OffloadTier:
 
 class BlockManager:
     __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
-                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied", "grow_one")
+                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied", "grow_one", "reserved")
 
     def __init__(self, num_blocks: int, block_size: int, offload: OffloadTier | None = None):
         self.num_blocks = num_blocks
@@ -57,11 +57,14 @@ class BlockManager:
         self.last_loaded = 0         # blocks the last attach_prefix copied back from the offload tier
         self.num_copied = 0          # copy-on-write copies of a shared, partly filled last block
         self.grow_one = self._grow_one   # None once sharing begins (see _grow_one)
+        self.reserved = 0            # blocks handed out but in no block table yet (see reserve)
 
     def _share(self) -> None:
         """Blocks may be shared or cached from now on. Until this first happens reference counts are not
         kept (every used block has exactly one owner, so they carry no information); they are rebuilt
         from the block tables here."""
+        if self.reserved:
+            raise RuntimeError("blocks cannot be shared while reserved blocks are outstanding")
         if not self._sharing:
             ref = [0] * self.num_blocks
             for table in self._tables.values():
@@ -75,7 +78,7 @@ class BlockManager:
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable cached)."""
-        return len(self._free) + len(self._cached)
+        return len(self._free) + len(self._cached) - self.reserved
 
     @property
     def num_used(self) -> int:
@@ -123,7 +126,7 @@ class BlockManager:
                and self._ref[table[-1]] > 1)
         if need + cow > self.num_free:
             return None
-        if need > 0 and not self._sharing and need <= len(self._free):
+        if need > 0 and not self._sharing and need <= len(self._free) - self.reserved:
             free = self._free
             new = free[-need:]
             del free[-need:]
@@ -152,7 +155,7 @@ class BlockManager:
         short or sharing is in play, in which case the caller falls back to ``allocate_slots``."""
         k = len(request_ids)
         free = self._free
-        if self._sharing or k > len(free) or k == 0:
+        if self._sharing or k > len(free) - self.reserved or k == 0:
             return k == 0
         new = free[-k:]
         del free[-k:]
@@ -165,14 +168,30 @@ class BlockManager:
 
     @property
     def num_unused(self) -> int:
-        """Blocks in the free list (not counting evictable cached ones)."""
-        return len(self._free)
+        """Blocks in the free list and not reserved (not counting evictable cached ones)."""
+        return len(self._free) - self.reserved
 
     def _grow_one(self, request_id: int, num_tokens: int) -> None:
         """The request takes one more block, for ``num_tokens`` slots in total: ``allocate_slots`` for a
         decoder crossing into a new block, for callers that checked ``num_unused`` first. Offered as
         ``grow_one`` only until blocks can be shared (then copy-on-write and eviction apply)."""
         self._tables[request_id].append(self._free.pop())
+        self._tokens[request_id] = num_tokens
+
+    def reserve(self, num_blocks: int) -> None:
+        """Hand out ``num_blocks`` free blocks without saying to whom yet (the scheduler knows how many
+        each of its steady decoders took; :meth:`claim` puts them in a table later). The caller checked
+        ``num_unused``. Only while nothing can be shared."""
+        self.reserved += num_blocks
+
+    def claim(self, request_id: int, num_blocks: int, num_tokens: int) -> None:
+        """``num_blocks`` reserved blocks go to the request's table, which then holds ``num_tokens``
+        slots."""
+        if num_blocks:
+            self.reserved -= num_blocks
+            table, free = self._tables[request_id], self._free
+            for _ in range(num_blocks):
+                table.append(free.pop())
         self._tokens[request_id] = num_tokens
 
     def free(self, request_id: int) -> int:
@@ -286,6 +305,7 @@ class BlockManager:
             ref = owners
         free, cached = set(self._free), set(self._cached)
         assert len(free) == len(self._free) and not free & cached
+        assert 0 <= self.reserved <= len(free) and not (self.reserved and self._sharing)
         for b in range(self.num_blocks):
             state = (b in free) + (b in cached) + (ref[b] > 0)
             assert state == 1, f"block {b} is in {state} states"

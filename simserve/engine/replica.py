@@ -275,14 +275,21 @@ class Replica:
         if running > stats.peak_running:
             stats.peak_running = running
         started = self._span_started
-        used = kv.num_blocks - len(kv._free) - len(kv._cached)
+        used = kv.num_used
+        by_class = sched._by_class
         for j in range(done, stop):
             t = sched.tick
             if j >= started:                          # the iteration starts: its KV blocks, then usage
-                if t in block_due:
-                    if sched.schedule_steady():       # quiet: the blocks are always at hand
+                if by_class is not None:              # quiet: the blocks are always at hand
+                    need = by_class[-t % len(by_class)]
+                    if need:
+                        kv.reserve(need)
+                        used += need
+                    sched._kv_tick = t
+                elif t in block_due:
+                    if sched.schedule_steady():
                         raise RuntimeError(f"replica {self.index}: a quiet iteration preempted")
-                    used = kv.num_blocks - len(kv._free) - len(kv._cached)
+                    used = kv.num_used
                 sum_kv_blocks += used
                 if used > peak_kv_blocks:
                     peak_kv_blocks = used

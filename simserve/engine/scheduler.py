@@ -11,6 +11,11 @@ steady with ``c0`` computed and ``g0`` generated tokens, so after ``d`` more tic
 decoder finishing, or a preemption. The others, *active* requests (prefilling, recomputing), are
 handled one by one. A tick is an iteration in which the steady decoders advance.
 
+Where blocks are never shared, even the block events go: a decoder's block crossings fall on the
+ticks of one residue class modulo the block size, so a tick's blocks are a count per class, reserved
+in bulk and put into block tables only when a decoder stops being steady
+(:meth:`Scheduler.count_blocks_by_class`). With sharing, each crossing is a block-due event.
+
 Preemption is by recompute, or by swap when the scheduler is given a :class:`HostSwap`: the victim's KV
 is copied to host memory and back on readmission, and the copy times are charged to the iteration in
 which they happen (``Step.transfer_s``).
@@ -128,6 +133,8 @@ class Scheduler:
         self.admitted_prompt_tokens = 0           # tokens (prompt + generated) of every admission
         self.now = 0.0                            # simulated time, set by the replica before schedule()
         self.beams = None                         # BeamSearch when requests' sequences are beams
+        self._by_class: list[int] | None = None   # blocks counted by class (count_blocks_by_class)
+        self._kv_tick = -1                        # by class: the last tick whose blocks are handed out
 
     # --- hooks -----------------------------------------------------------------------------------
     def schedule(self) -> Step | None:
@@ -197,6 +204,45 @@ class Scheduler:
         self.active.append(req)
 
     # --- steady decoders -------------------------------------------------------------------------
+    def count_blocks_by_class(self) -> None:
+        """Count the KV blocks steady decoders take instead of handing each its block (for replicas whose
+        blocks are never shared: no prefix caching, forks or beams). A steady decoder frozen with ``c0``
+        computed tokens at tick ``k0`` crosses into a new block at tick ``t`` exactly when
+        ``c0 + t - k0`` is a multiple of the block size, so the decoders needing a block at ``t`` are
+        those of class ``(c0 - k0) mod block_size`` equal to ``-t mod block_size``: a tick's blocks are
+        one count per class, reserved in the block manager in bulk, and put into a decoder's table only
+        when it stops being steady (or blocks run short). Same blocks, same preemptions, no per-decoder
+        work between a decoder's freeze and its thaw."""
+        if self.num_steady:
+            raise RuntimeError("count_blocks_by_class must be chosen before any request runs")
+        self._by_class = [0] * self.kv.block_size
+
+    def _leave_class_mode(self) -> None:
+        """From now on every steady decoder gets its block through a block-due event (sharing began)."""
+        if self._by_class is None:
+            return
+        steady = [req for req in self.running.values() if req.steady]
+        for req in steady:
+            self._materialize(req)
+        self._by_class = None
+        for req in steady:
+            self._push_block_due(req, req.k0 + req.output_tokens - req.g0 - 1)
+
+    def _materialize(self, req: Request) -> None:
+        """By class: the blocks ``req`` took since its freeze go from the reserve into its table."""
+        kv = self.kv
+        tokens = req.c0 + max(self._kv_tick, req.k0 - 1) - req.k0 + 1
+        extra = kv.blocks_for(tokens) - kv.num_held(req.id)
+        if extra > 0:
+            kv.claim(req.id, extra, tokens)
+
+    def blocks_held(self, req: Request) -> int:
+        """KV blocks ``req`` holds, counting those reserved for it by class."""
+        n = self.kv.num_held(req.id)
+        if self._by_class is not None and req.steady:
+            n = max(n, self.kv.blocks_for(req.c0 + max(self._kv_tick, req.k0 - 1) - req.k0 + 1))
+        return n
+
     def _freeze(self, req: Request, shared_tail: bool = False) -> None:
         """``req`` has caught up and sampled: from the next tick on it decodes one token per tick.
         ``shared_tail``: its last block may be shared (just forked), so it needs a block event at once."""
@@ -212,6 +258,14 @@ class Scheduler:
             self._finish_due[finish] = [(req, req.version)]
         else:
             due.append((req, req.version))
+        by_class = self._by_class
+        if by_class is not None:
+            if self._kv_tick >= self.tick:   # that tick's decoders were all preempted: it never ran
+                self._kv_tick = self.tick - 1
+            if not shared_tail and self.kv.num_held(req.id) == self.kv.blocks_for(req.c0):
+                by_class[(req.c0 - req.k0) % len(by_class)] += 1
+                return
+            self._leave_class_mode()
         self._push_block_due(req, finish, shared_tail)
 
     def _push_block_due(self, req: Request, finish_tick: int, now: bool = False) -> None:
@@ -228,6 +282,10 @@ class Scheduler:
 
     def _thaw(self, req: Request) -> None:
         """Write a steady decoder's current counts back to it; it stops being steady."""
+        by_class = self._by_class
+        if by_class is not None:
+            self._materialize(req)
+            by_class[(req.c0 - req.k0) % len(by_class)] -= 1
         done = self.tick - req.k0
         req.num_computed = req.c0 + done
         req.num_generated = req.g0 + done
@@ -253,6 +311,17 @@ class Scheduler:
         t0 = self.tick
         stop = t0 + min(limit, self.kv.block_size)
         need = 0
+        by_class = self._by_class
+        if by_class is not None:
+            bs = len(by_class)
+            for t in range(t0, stop):
+                need += by_class[-t % bs]
+                if need > free:
+                    return t - t0
+                fin = fd.get(t)
+                if fin is not None and any(v == r.version for r, v in fin):
+                    return t - t0 + 1
+            return stop - t0
         exact = False                 # count entries (an upper bound) until that could exceed ``free``
         for t in range(t0, stop):
             due = bd.get(t)
@@ -339,6 +408,8 @@ class Scheduler:
     def schedule_steady(self) -> bool:
         """Give every steady decoder the KV block it needs at this tick, in admission order, preempting
         from the back of the running set when blocks run out. Returns whether it preempted."""
+        if self._by_class is not None:
+            return self._schedule_by_class()
         t = self.tick
         due = self._block_due.pop(t, None)
         if due is None:
@@ -383,6 +454,31 @@ class Scheduler:
             preempted |= evicted
             if fits:
                 self._push_block_due(req, req.k0 + req.output_tokens - req.g0 - 1)
+        return preempted
+
+    def _schedule_by_class(self) -> bool:
+        """:meth:`schedule_steady` when blocks are counted by class."""
+        if not self.num_steady:
+            return False
+        t, kv = self.tick, self.kv
+        need = self._by_class[-t % kv.block_size]
+        if need <= kv.num_unused:
+            if need:
+                kv.reserve(need)
+            self._kv_tick = t
+            return False
+        # blocks run short: every steady decoder's blocks into its table, then vLLM's order (admission
+        # order, which is the running set's), preempting from the back
+        for req in self.running.values():
+            if req.steady:
+                self._materialize(req)
+        bs = kv.block_size
+        needers = [req for req in self.running.values() if req.steady and (req.c0 - req.k0 + t) % bs == 0]
+        preempted = False
+        for req in needers:
+            if req.steady:                                # not preempted as a victim already
+                preempted |= self.allocate_or_preempt(req, req.c0 + (t - req.k0) + 1)[1]
+        self._kv_tick = t
         return preempted
 
     def allocate_or_preempt(self, req: Request, num_tokens: int) -> tuple[bool, bool]:
@@ -481,6 +577,7 @@ class Scheduler:
     def _fork(self, req: Request, now: float) -> bool:
         """``req`` sampled its first tokens: fork it into ``req.n`` sequences sharing its blocks (no
         children when that token was its last). Returns whether it forked."""
+        self._leave_class_mode()
         if req.num_generated >= req.output_tokens:
             req.seqs_left = 1                     # every sequence sampled its only token at once
             return False

@@ -89,6 +89,10 @@ class Cluster:
                                  self._finished, lambda r: self._reject(r, "timeout"), timeout_s)
                 for i in range(cfg.deployment.replicas)
             ]
+        if pp == 1 and blocks_never_shared(resolved):
+            for rep in self.replicas:
+                if hasattr(rep.scheduler, "count_blocks_by_class"):   # duck-typed schedulers may lack it
+                    rep.scheduler.count_blocks_by_class()
         for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
             if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
                 rep.scheduler.bind(cost, cost_of, sched_rng)
@@ -312,6 +316,13 @@ class Arrival(simpy.Event):
 
 # Routers that read nothing of a replica but its request counts, which a quiet iteration leaves alone.
 SPAN_SAFE_ROUTERS = frozenset({"round_robin", "least_outstanding"})
+
+
+def blocks_never_shared(resolved: Resolved) -> bool:
+    """No prefix caching, forks or beams: steady decoders' KV blocks may be counted by class
+    (:meth:`Scheduler.count_blocks_by_class`)."""
+    cfg = resolved.config
+    return not cfg.kv_cache.enable_prefix_caching and cfg.sampling.n == 1 and cfg.sampling.beam_width == 1
 
 
 def fast_forward_safe(resolved: Resolved, specs: RequestSpecs) -> bool:
