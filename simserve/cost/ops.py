@@ -189,10 +189,10 @@ def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launche
     """Seconds of streaming kernels (scalars or numpy arrays): ``launches`` kernels' fixed overhead plus the
     larger of compute and memory time.
 
-    Memory time is the bytes at the achievable DRAM bandwidth, except the share of them a kernel's
-    footprint (its bytes per launch) leaves in an L2 cache of ``l2_bytes``: ``min(1, l2_bytes /
-    footprint)`` of the bytes move ``l2_speedup`` times faster (a tensor just written by the previous
-    kernel, or re-read, is still in L2 when it fits).
+    Memory time is the bytes at the achievable DRAM bandwidth, or ``l2_speedup`` times faster when the
+    kernel's footprint (its bytes per launch) fits in an L2 cache of ``l2_bytes`` (a tensor just written
+    by the previous kernel, or re-read, is still there); a larger footprint streams from DRAM (a pass over
+    more than the cache evicts its lines before they are used again).
 
     Per-token-block kernels take no less than their rows: a block moves its row at ``row_bandwidth_gb_s``
     and at most ``concurrent_blocks`` blocks run at once (about the SM count), so rows run in
@@ -202,9 +202,7 @@ def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launche
     memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
     speedup = getattr(eff, "l2_speedup", 1.0)
     if speedup != 1.0:
-        footprint = np.maximum(bytes_ / launches, 1.0)
-        cached = np.minimum(1.0, l2_bytes / footprint)
-        memory_s = memory_s * (1.0 - cached + cached / speedup)
+        memory_s = memory_s * np.where(bytes_ / launches <= l2_bytes, 1.0 / speedup, 1.0)
     reduction_s = reductions * eff.reduction_overhead_us * 1e-6
     if eff.row_bandwidth_gb_s is not None and eff.concurrent_blocks is not None:
         tokens = np.maximum(num_tokens, 1.0)
