@@ -59,7 +59,7 @@ class OpEfficiency(Frozen):
     The last two fields are optional shape terms of :mod:`simserve.cost.ops`; their defaults give exactly
     the plain roofline above. ``overlap_exponent`` joins compute and memory time (GEMM, attention);
     ``unit_overhead_ns`` is a fixed cost per parallel work unit (attention: one sequence times one head).
-    Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_blocks`` and ``reduction_overhead_us`` (see
+    Streaming kernels add ``row_bandwidth_gb_s``, ``concurrent_blocks``, ``reduction_overhead_us`` and ``l2_speedup`` (see
     :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
     :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
@@ -83,7 +83,13 @@ class OpEfficiency(Frozen):
         description="Thread blocks running at once (about SMs x blocks per SM): streaming kernels' token rows, "
                     "prefill attention's query tiles x heads; fewer leave SMs idle")
     reduction_overhead_us: float = Field(
-        default=0.0, ge=0, description="Streaming kernels with a reduction (norms): extra fixed cost, microseconds")
+        default=0.0, ge=0,
+        description="Streaming kernels with a block-wide reduction (norms): extra cost per row (per wave of "
+                    "concurrent rows), microseconds")
+    l2_speedup: float = Field(
+        default=1.0, ge=1,
+        description="Streaming kernels: how many times faster than DRAM the share of their bytes that fits in the "
+                    "device's L2 cache (l2_cache_mb) moves; 1 is no cache")
     hop_latency_scale: float = Field(
         default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
     relayout_overhead_us: float = Field(
@@ -122,6 +128,9 @@ class HardwareProfile(Frozen):
     sm_count: int | None = Field(default=None, ge=1,
                                  description="GPUs: streaming multiprocessors, the thread blocks that run at once "
                                              "for a kernel of one block per SM")
+    l2_cache_mb: float | None = Field(default=None, gt=0,
+                                      description="GPUs: L2 cache, 1e6 bytes (streaming kernels whose tensors fit in "
+                                                  "it move them faster than DRAM); None: not modelled")
     memory: Memory | None = Field(default=None, description="Off-chip memory; absent on SRAM-only chips")
     sram: Sram | None = None
     host_link: Link = Field(description="Device <-> host memory link (PCIe or C2C)")

@@ -32,6 +32,9 @@ ACT_BYTES = 2.0     # every measurement here is bf16/fp16 activations, weights a
 MIN_GEMM_DIM = 256        # n and k of dense transformer layers at TP <= 8; smaller ones are MoE routers
 HEAD_DIM = 128            # the head size of nearly every catalog model; FlashAttention tiles differ per size
 MIN_PREFILL_LEN = 16      # a 1-token "prompt" is a decode-shaped kernel, not a prefill
+# Vidur's one model with a plain (GELU) FFN, phi-2, also has LayerNorm, partial rotary and a parallel
+# attention/FFN block: PyTorch kernels, not the vLLM RMSNorm, rotary and SiLU-and-mul kernels simserve prices.
+PLAIN_FFN_MODELS = "plain-FFN model (LayerNorm, GELU: PyTorch kernels)"
 AIC_ALLREDUCE = ("vllm_graph",)  # vLLM's all-reduce under CUDA graphs (custom kernel, NCCL for large messages)
 
 # Vidur per-layer operators: (op class, simserve.cost.step name). The embedding lookup is a gather run once
@@ -67,6 +70,8 @@ class Points:
     switch: np.ndarray             # all-reduce: 1 if the link's switch reduces (interconnect.switch_reduction)
     walk_sms: np.ndarray           # decode attention with as many query as KV heads: the GPU's SMs; 0 elsewhere
     relayout: np.ndarray           # decode attention: 1 if grouped queries are copied (ops.decode_attention_time)
+    sms: np.ndarray                # streaming: the GPU's SMs (per-token rows run at once; fixes concurrent_blocks)
+    l2_bytes: np.ndarray           # streaming: the device's L2 cache in bytes (ops.streaming_s); 0 elsewhere
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -81,7 +86,8 @@ class Points:
 
 
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
-           "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_sms", "relayout")
+           "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_sms", "relayout", "sms",
+           "l2_bytes")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -117,7 +123,8 @@ def _keys(*columns) -> np.ndarray:
 def _frame(d: dict) -> pd.DataFrame:
     n = len(d["latency_s"])
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
-            "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_sms": 0.0, "relayout": 0.0}
+            "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_sms": 0.0, "relayout": 0.0,
+            "sms": 0.0, "l2_bytes": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -210,6 +217,8 @@ def elementwise_points(ds: Dataset, hw: HardwareProfile) -> Points:
     key = v.op + ":" + v.num_tokens.astype(str) + "x" + v.width.round(3).astype(str)
     frame = _frame({
         "source": "vidur", "key": key.to_numpy(), "ref": v.ref.to_numpy(),
+        "outside": np.where(v.use_gated_mlp.to_numpy(bool), "", PLAIN_FFN_MODELS),
+        "sms": float(hw.sm_count or 0), "l2_bytes": (hw.l2_cache_mb or 0.0) * 1e6,
         "flops": v.elements.to_numpy() * v.flops_per_element.to_numpy(),
         "bytes": v.elements.to_numpy() * v.bytes_per_element.to_numpy(),
         "units": v.num_tokens.to_numpy(float), "per_token_blocks": v.per_token_blocks.to_numpy(),

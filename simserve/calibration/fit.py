@@ -39,24 +39,28 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
     "reduction_overhead_us": (math.log, math.exp, 1.0),
     "switch_bandwidth_fraction": (lambda v: math.log(v / (1 - v)), lambda x: 1.0 / (1.0 + math.exp(-x)), 0.6),
     "relayout_overhead_us": (math.log, math.exp, 3.0),
+    "l2_speedup": (lambda v: math.log(v - 1.0), lambda x: 1.0 + math.exp(x), 1.5),
 }
 # Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
          "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
-         "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None, "relayout_overhead_us": 0.0}
+         "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None, "relayout_overhead_us": 0.0,
+         "l2_speedup": 1.0}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
     "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent"),
     "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "unit_overhead_ns", "concurrent_blocks"),
     "attention_decode": ("bandwidth_fraction", "overhead_us", "unit_overhead_ns", "row_bandwidth_gb_s", "relayout_overhead_us"),
-    "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us"),
+    "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "reduction_overhead_us", "l2_speedup"),
     "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale", "switch_bandwidth_fraction"),
     "send_recv": ("bandwidth_fraction", "overhead_us"),
 }
 # Streaming kernels are memory-bound, so their FLOP rate cannot be identified from timings; 1/16 of the
 # dense tensor peak is about the CUDA-core FP32 rate of A100/H100, and never binds for these kernels.
-# Collectives move bytes only. Prefill attention's compute and memory time add up (free fits gave an
+# Per-token streaming rows run one per SM at a time (``concurrent_blocks`` is the device's SM count, fixed in
+# fit_points; free fits gave 115 on A100's 108 SMs and 142 on H100's 132), and no L2 (``l2_cache_mb``) means no
+# L2 speedup to fit. Collectives move bytes only. Prefill attention's compute and memory time add up (free fits gave an
 # overlap exponent of 1.00 on A100 and 1.05 on H100), so the sum is fixed and the fifth parameter is occupancy.
 # Decode attention likewise adds compute (at the tensor peak: free fits gave overlap 1.01 and an unidentified
 # FLOP fraction) to memory time; its last two parameters are the launch-grid terms of ops.decode_attention_time.
@@ -76,6 +80,8 @@ def free_params(p: Points) -> tuple[str, ...]:
     names = FREE[p.op_class]
     if not p.switch.any():
         names = tuple(n for n in names if n != "switch_bandwidth_fraction")
+    if p.op_class == "elementwise" and not p.l2_bytes.any():
+        names = tuple(n for n in names if n != "l2_speedup")
     if p.op_class == "attention_decode":
         if not p.walk_sms.any():
             names = tuple(n for n in names if n != "row_bandwidth_gb_s")
@@ -95,7 +101,7 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
                                switch_reduction=p.switch > 0)
     if p.op_class == "elementwise":
         return ops.streaming_s(p.units, p.flops, p.bytes, p.per_token_blocks > 0, p.reductions, p.launches,
-                               p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params))
+                               p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params), p.l2_bytes)
     with np.errstate(divide="ignore"):
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
         if params.get("concurrent_blocks") is not None:
@@ -196,6 +202,8 @@ def fit_points(p: Points) -> dict:
 
     Large sets are first fitted on an evenly strided subset (fast), then polished on all points."""
     names, fixed = free_params(p), FIXED.get(p.op_class, {})
+    if p.op_class == "elementwise" and p.sms.any():
+        fixed = {**fixed, "concurrent_blocks": float(p.sms.max())}
     stride = -(-len(p) // SUBSET_POINTS)
     coarse = _loss(p.take(np.arange(0, len(p), stride)), names, fixed)
     # coarse grid over the roofline's own three numbers, shape terms at their starting values

@@ -31,16 +31,16 @@ CARRY_OVER = {
                                     "their peaks and the same overheads as on the measured H100 (NVLS all-reduce "
                                     "included, at the H100's fraction of NVLink5), and per-token "
                                     "streaming kernels the H100's per-block rate and concurrency (148 SMs against "
-                                    "132: pessimistic)"),
+                                    "132: pessimistic; no l2_cache_mb in its profile, so no L2 speedup either)"),
     "groq-lpu": ("h100-sxm-80gb", _DATAFLOW),
     "cerebras-cs3": ("h100-sxm-80gb", _DATAFLOW),
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
            "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us",
-           "relayout_overhead_us", "switch_bandwidth_fraction")
+           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup")
 _DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
              "concurrent_blocks": None, "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None,
-             "relayout_overhead_us": 0.0}
+             "relayout_overhead_us": 0.0, "l2_speedup": 1.0}
 
 
 def _num(v: float) -> str:
@@ -140,7 +140,7 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
                      concurrent_blocks=None, reduction_overhead_us=0.0, switch_bandwidth_fraction=None,
-                     relayout_overhead_us=0.0)
+                     relayout_overhead_us=0.0, l2_speedup=1.0)
         out[oc] = q
     return out
 

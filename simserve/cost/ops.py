@@ -185,31 +185,44 @@ def activation_kernel(ffn_matrices: int, per_token_blocks: bool = True) -> Strea
 
 
 def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launches, peak_flops_s,
-                bandwidth_bytes_s, eff: OpEfficiency):
-    """Seconds of streaming kernels (scalars or numpy arrays): ``launches`` kernels' fixed overhead, plus
-    ``reduction_overhead_us`` each for a norm's reduction, plus the larger of compute and memory time.
-    Memory time is the bytes at the achievable bandwidth, but for per-token-block kernels no less than
-    their rows take: a block moves its row at ``row_bandwidth_gb_s`` and at most ``concurrent_blocks``
-    blocks run at once (about the SM count), so below that many tokens the time is one row's."""
+                bandwidth_bytes_s, eff: OpEfficiency, l2_bytes=0.0):
+    """Seconds of streaming kernels (scalars or numpy arrays): ``launches`` kernels' fixed overhead plus the
+    larger of compute and memory time.
+
+    Memory time is the bytes at the achievable DRAM bandwidth, or ``l2_speedup`` times faster when the
+    kernel's footprint (its bytes per launch) fits in an L2 cache of ``l2_bytes`` (a tensor just written
+    by the previous kernel, or re-read, is still there); a larger footprint streams from DRAM (a pass over
+    more than the cache evicts its lines before they are used again).
+
+    Per-token-block kernels take no less than their rows: a block moves its row at ``row_bandwidth_gb_s``
+    and at most ``concurrent_blocks`` blocks run at once (about the SM count), so rows run in
+    ``max(1, tokens / concurrent_blocks)`` waves; a norm's block-wide reduction adds
+    ``reduction_overhead_us`` to every row, so to every wave."""
     compute_s = flops / (peak_flops_s * eff.flops_fraction)
     memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    speedup = getattr(eff, "l2_speedup", 1.0)
+    if speedup != 1.0:
+        memory_s = memory_s * np.where(bytes_ / launches <= l2_bytes, 1.0 / speedup, 1.0)
+    reduction_s = reductions * eff.reduction_overhead_us * 1e-6
     if eff.row_bandwidth_gb_s is not None and eff.concurrent_blocks is not None:
         tokens = np.maximum(num_tokens, 1.0)
-        row_s = bytes_ / (eff.row_bandwidth_gb_s * 1e9) * np.maximum(1.0 / tokens, 1.0 / eff.concurrent_blocks)
+        waves = np.maximum(1.0, tokens / eff.concurrent_blocks)
+        row_s = (bytes_ / tokens / (eff.row_bandwidth_gb_s * 1e9) + reduction_s) * waves
         memory_s = np.where(per_token_blocks, np.maximum(memory_s, row_s), memory_s)
-    fixed_s = launches * eff.overhead_us * 1e-6 + reductions * eff.reduction_overhead_us * 1e-6
-    return fixed_s + np.maximum(compute_s, memory_s)
+    else:
+        memory_s = memory_s + reduction_s
+    return launches * eff.overhead_us * 1e-6 + np.maximum(compute_s, memory_s)
 
 
 def elementwise_time(num_tokens: float, elements_per_token: float, kernel: StreamingKernel, act_bytes: float,
-                     peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+                     peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency, l2_bytes: float = 0.0) -> OpTime:
     """Norms, activations, rotary embedding, residual adds: one streaming kernel over ``num_tokens`` rows
-    of ``elements_per_token`` (see :func:`streaming_s`)."""
+    of ``elements_per_token`` on a device with ``l2_bytes`` of L2 cache (see :func:`streaming_s`)."""
     n = num_tokens * elements_per_token
     flops, bytes_ = n * kernel.flops_per_element, n * kernel.bytes_per_element(act_bytes)
     time_s = float(streaming_s(num_tokens, flops, bytes_, kernel.per_token_blocks, float(kernel.reduction), 1.0,
-                               peak_flops_s, bandwidth_bytes_s, eff))
-    fixed_s = eff.overhead_us * 1e-6 + kernel.reduction * eff.reduction_overhead_us * 1e-6
+                               peak_flops_s, bandwidth_bytes_s, eff, l2_bytes))
+    fixed_s = eff.overhead_us * 1e-6
     body_s = time_s - fixed_s
     bound = COMPUTE if flops / (peak_flops_s * eff.flops_fraction) >= body_s else MEMORY
     if fixed_s > body_s:

@@ -87,6 +87,7 @@ class RooflineStep:
         self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)      # GEMMs
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
+        self.l2_bytes = (hw.l2_cache_mb or 0.0) * 1e6   # streaming kernels' L2 (ops.streaming_s)
         self.intra_node_tp = tp <= hw.interconnect.devices_per_node
         self.switch_reduction = self.intra_node_tp and hw.interconnect.switch_reduction
         link = hw.interconnect.intra_node if self.intra_node_tp else hw.interconnect.inter_node
@@ -118,18 +119,18 @@ class RooflineStep:
         """A layer's kernels whose cost depends only on the token count (all but attention)."""
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, pa, bw, d = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, m.head_size
-        wb, ab = p.weight_bytes, p.act_bytes
-        norm = ops.elementwise_time(T, m.hidden_size, ops.RMS_NORM, ab, pa, bw, e.elementwise)
+        wb, ab, l2 = p.weight_bytes, p.act_bytes, self.l2_bytes
+        norm = ops.elementwise_time(T, m.hidden_size, ops.RMS_NORM, ab, pa, bw, e.elementwise, l2)
         out: list[tuple[str, ops.OpTime]] = [
             ("input_norm", norm),
             ("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)),
-            ("rope", ops.elementwise_time(T, (self.heads + self.kv_heads) * d, ops.ROTARY, ab, pa, bw, e.elementwise)),
+            ("rope", ops.elementwise_time(T, (self.heads + self.kv_heads) * d, ops.ROTARY, ab, pa, bw, e.elementwise, l2)),
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
         allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s,
                                       e.allreduce, custom_kernel=self.intra_node_tp,
                                       switch_reduction=self.switch_reduction)
-        add = ops.elementwise_time(T, m.hidden_size, ops.RESIDUAL_ADD, ab, pa, bw, e.elementwise)
+        add = ops.elementwise_time(T, m.hidden_size, ops.RESIDUAL_ADD, ab, pa, bw, e.elementwise, l2)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
         out.append(("attn_residual", add))
@@ -173,8 +174,9 @@ class RooflineStep:
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, pa, bw, wb, ab = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, p.weight_bytes, p.act_bytes
+        l2 = self.l2_bytes
         up_n = (m.ffn_matrices - 1) * self.ffn_n
-        act = ops.elementwise_time(T, self.ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise)
+        act = ops.elementwise_time(T, self.ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise, l2)
         if m.num_experts == 1:
             return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
                     ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
@@ -195,7 +197,7 @@ class RooflineStep:
         bytes_ = touched * (up_n + ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + ffn_n) * ab
         router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
         experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
-        act = ops.elementwise_time(pairs, ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise)
+        act = ops.elementwise_time(pairs, ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise, l2)
         if ep == 1:
             return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
         a2a = ops.alltoall_time(self.alltoall_bytes(T), ep, self.ep_link_bw_bytes_s, self.ep_link_latency_s,
@@ -212,9 +214,9 @@ class RooflineStep:
     def head_ops(self, b: BatchShape) -> list[tuple[str, ops.OpTime]]:
         """Embedding lookup, final norm and LM head (vocabulary sharded over tp)."""
         m, p, e = self.model, self.prec, self.hw.efficiency
-        pk, pa, bw = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s
-        emb = ops.elementwise_time(b.num_tokens, m.hidden_size, ops.EMBEDDING, p.act_bytes, pa, bw, e.elementwise)
-        final = ops.elementwise_time(b.num_logits, m.hidden_size, ops.RMS_NORM, p.act_bytes, pa, bw, e.elementwise)
+        pk, pa, bw, l2 = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, self.l2_bytes
+        emb = ops.elementwise_time(b.num_tokens, m.hidden_size, ops.EMBEDDING, p.act_bytes, pa, bw, e.elementwise, l2)
+        final = ops.elementwise_time(b.num_logits, m.hidden_size, ops.RMS_NORM, p.act_bytes, pa, bw, e.elementwise, l2)
         head = ops.gemm_time(b.num_logits, m.vocab_size / self.tp, m.hidden_size, p.weight_bytes, p.act_bytes, pk, bw, e.gemm)
         return [("embedding", emb), ("final_norm", final), ("lm_head", head)]
 
