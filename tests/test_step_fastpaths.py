@@ -102,3 +102,17 @@ def test_decode_launch_grid_terms_are_on_the_fast_path():
     (_, op), = s.attention_ops(b)
     roof = ops.attention_time(op.flops, op.bytes, s.kv_heads, s.attn_flops_s, s.bw_bytes_s, e)
     assert op.time_s > 5 * roof.time_s
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@given(st.sampled_from([None, 1.0, 1.7, 3.0]), st.integers(1, 300), st.integers(0, 100_000), st.integers(1, 8))
+def test_decode_span_matches_the_general_step_for_any_overlap_exponent(p, n, extra_ctx, count):
+    # the profiles fit decode attention with overlap_exponent 1.0 (a special case in decode_span)
+    hw = load_profile("h100-sxm-80gb")
+    eff = hw.efficiency.model_copy(update={"attention_decode": hw.efficiency.attention_decode.model_copy(
+        update={"overlap_exponent": p})})
+    hw = hw.model_copy(update={"efficiency": eff})
+    make = lambda: RooflineStep(load_model("llama-3.1-8b"), hw, Precision.of("bf16", "bf16", "bf16"), 1, 1, 1.0)  # noqa: E731
+    s, fresh = make(), make()
+    ctx = n + extra_ctx
+    assert s.decode_span(n, ctx, count) == [fresh.general_step(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)]

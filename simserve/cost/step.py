@@ -57,7 +57,9 @@ class Precision:
         return self.kv_bytes + self.kv_scale_bytes / head_dim
 
 
-BOUNDS = (ops.COMPUTE, ops.MEMORY, ops.NETWORK, ops.OVERHEAD)
+BOUNDS = (ops.COMPUTE, ops.MEMORY, ops.NETWORK, ops.OVERHEAD)     # in name order (decode_span relies on it)
+COMPUTE, MEMORY, NETWORK, OVERHEAD = BOUNDS
+assert list(BOUNDS) == sorted(BOUNDS)
 CACHE_ENTRIES = 200_000
 
 
@@ -331,7 +333,10 @@ class RooflineStep:
             compute_s, memory_s = fl / peak_f, by / peak_b
             hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
             if p is not None and hi > 0.0:
-                hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+                if p == 1.0:                     # x ** 1.0 is x (pow is exact where the result is representable)
+                    hi = hi * (1.0 + lo / hi)
+                else:
+                    hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
             op_s = over + hi
             bound = ops.OVERHEAD if over > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
             if walks:
@@ -350,7 +355,15 @@ class RooflineStep:
                 memory += t
             overhead += step_over
             time_s = compute + memory + network + overhead
-            out.append(StepCost(time_s, max(zip((compute, memory, network, overhead), BOUNDS))[1],
-                                flops0 + L * fl, bytes0 + L * by))
+            # max(zip(times, BOUNDS))[1]: the largest time, a tie going to the later bound (BOUNDS is in
+            # name order)
+            bound, top = COMPUTE, compute
+            if memory >= top:
+                bound, top = MEMORY, memory
+            if network >= top:
+                bound, top = NETWORK, network
+            if overhead >= top:
+                bound = OVERHEAD
+            out.append(StepCost(time_s, bound, flops0 + L * fl, bytes0 + L * by))
             ctx += n
         return out

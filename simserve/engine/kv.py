@@ -189,9 +189,11 @@ class BlockManager:
         slots."""
         if num_blocks:
             self.reserved -= num_blocks
-            table, free = self._tables[request_id], self._free
-            for _ in range(num_blocks):
-                table.append(free.pop())
+            free = self._free
+            new = free[-num_blocks:]
+            del free[-num_blocks:]
+            new.reverse()                                 # the order pop() would have given
+            self._tables[request_id].extend(new)
         self._tokens[request_id] = num_tokens
 
     def free(self, request_id: int) -> int:
