@@ -184,6 +184,10 @@ class BlockManager:
         ``num_unused``. Only while nothing can be shared."""
         self.reserved += num_blocks
 
+    def unreserve(self, num_blocks: int) -> None:
+        """Reserved blocks go back free (their decoder finished before they reached its table)."""
+        self.reserved -= num_blocks
+
     def claim(self, request_id: int, num_blocks: int, num_tokens: int) -> None:
         """``num_blocks`` reserved blocks go to the request's table, which then holds ``num_tokens``
         slots."""

@@ -228,13 +228,17 @@ class Scheduler:
         for req in steady:
             self._push_block_due(req, req.k0 + req.output_tokens - req.g0 - 1)
 
-    def _materialize(self, req: Request) -> None:
-        """By class: the blocks ``req`` took since its freeze go from the reserve into its table."""
+    def _materialize(self, req: Request, release: bool = False) -> None:
+        """By class: the blocks ``req`` took since its freeze go from the reserve into its table (or,
+        ``release``, straight back: it finished and its table is freed next)."""
         kv = self.kv
         tokens = req.c0 + max(self._kv_tick, req.k0 - 1) - req.k0 + 1
         extra = kv.blocks_for(tokens) - kv.num_held(req.id)
         if extra > 0:
-            kv.claim(req.id, extra, tokens)
+            if release:
+                kv.unreserve(extra)
+            else:
+                kv.claim(req.id, extra, tokens)
 
     def blocks_held(self, req: Request) -> int:
         """KV blocks ``req`` holds, counting those reserved for it by class."""
@@ -280,11 +284,12 @@ class Scheduler:
             else:
                 due.append((req, req.version))
 
-    def _thaw(self, req: Request) -> None:
-        """Write a steady decoder's current counts back to it; it stops being steady."""
+    def _thaw(self, req: Request, finished: bool = False) -> None:
+        """Write a steady decoder's current counts back to it; it stops being steady. ``finished``: its
+        blocks are freed next."""
         by_class = self._by_class
         if by_class is not None:
-            self._materialize(req)
+            self._materialize(req, finished)
             by_class[(req.c0 - req.k0) % len(by_class)] -= 1
         done = self.tick - req.k0
         req.num_computed = req.c0 + done
@@ -542,7 +547,7 @@ class Scheduler:
         if step.num_steady:
             for req, version in self.advance_tick(now, itl, step.num_steady):
                 if version == req.version:
-                    self._thaw(req)
+                    self._thaw(req, True)
                     req.last_token_s = req.finish_s = now
                     finished.append(req)
         for req, n in zip(step.requests, step.new_tokens):

@@ -19,9 +19,5 @@ class LeastOutstanding:
         pass
 
     def route(self, request, replicas) -> int:
-        best, best_load = 0, None
-        for i, rep in enumerate(replicas):
-            load = rep.scheduler.num_outstanding
-            if best_load is None or load < best_load:
-                best, best_load = i, load
-        return best
+        loads = [rep.scheduler.num_outstanding for rep in replicas]
+        return loads.index(min(loads))          # the first of the least loaded
