@@ -8,6 +8,7 @@ the end of the run. Only simulated quantities appear: a seed gives identical byt
 from __future__ import annotations
 
 import math
+from operator import attrgetter
 
 import numpy as np
 import pandas as pd
@@ -24,13 +25,14 @@ REQUEST_COLUMNS = ["id", "replica", "outcome", "reason", "arrival_s", "first_tok
 
 def requests_frame(rec: RunRecord) -> pd.DataFrame:
     """One row per request, in id order. Latencies are NaN where they do not apply."""
-    rows = sorted(rec.requests, key=lambda r: r.id)
+    rows = sorted(rec.requests, key=attrgetter("id"))
     n = len(rows)
-    arrival = np.fromiter((r.arrival_s for r in rows), float, n)
-    first = np.fromiter((r.first_token_s for r in rows), float, n)
-    finish = np.fromiter((r.finish_s for r in rows), float, n)
-    gen = np.fromiter((r.total_generated for r in rows), np.int64, n)
-    out = np.fromiter((r.output_tokens * r.num_outputs for r in rows), np.int64, n)   # returned sequences (vLLM bench)
+
+    def column(name: str, dtype) -> np.ndarray:
+        return np.fromiter(map(attrgetter(name), rows), dtype, n)
+    arrival, first, finish = column("arrival_s", float), column("first_token_s", float), column("finish_s", float)
+    gen = column("total_generated", np.int64)
+    out = column("output_tokens", np.int64) * column("num_outputs", np.int64)   # returned sequences (vLLM bench)
     first = np.where(first >= 0, first, np.nan)
     finish = np.where(finish >= 0, finish, np.nan)
     ttft = (first - arrival) * 1e3
@@ -38,15 +40,15 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
     with np.errstate(invalid="ignore", divide="ignore"):
         tpot = np.where(out > 1, (e2el - ttft) / (out - 1), np.nan)
     return pd.DataFrame({
-        "id": np.fromiter((r.id for r in rows), np.int64, n),
-        "replica": np.fromiter((r.replica for r in rows), np.int64, n),
-        "outcome": [r.outcome for r in rows],
-        "reason": [r.reason for r in rows],
+        "id": column("id", np.int64),
+        "replica": column("replica", np.int64),
+        "outcome": list(map(attrgetter("outcome"), rows)),
+        "reason": list(map(attrgetter("reason"), rows)),
         "arrival_s": arrival, "first_token_s": first, "finish_s": finish,
-        "prompt_tokens": np.fromiter((r.prompt_tokens for r in rows), np.int64, n),
+        "prompt_tokens": column("prompt_tokens", np.int64),
         "output_tokens": out, "generated_tokens": gen,
-        "num_preemptions": np.fromiter((r.num_preemptions for r in rows), np.int64, n),
-        "num_requeues": np.fromiter((r.num_requeues for r in rows), np.int64, n),
+        "num_preemptions": column("num_preemptions", np.int64),
+        "num_requeues": column("num_requeues", np.int64),
         "ttft_ms": ttft, "tpot_ms": tpot, "e2el_ms": e2el,
     }, columns=REQUEST_COLUMNS)
 
