@@ -108,6 +108,7 @@ class RooflineStep:
         self._layers: dict = {}     # T -> the layers' sums
         self._emb: dict = {}        # T -> embedding kernel
         self._logits: dict = {}     # logits -> (final norm, LM head) kernels
+        self._prefill: dict = {}    # a batch's prefill sums -> prefill attention kernel
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
@@ -157,14 +158,13 @@ class RooflineStep:
         W = self.window
         out = []
         if b.prefill_seqs:
-            fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
-            keys = b.prefill_kv
-            if W is not None:
-                fl = min(fl, ops.decode_attention_flops(self.heads, d, b.prefill_tokens * W))  # W keys per query
-                keys = min(keys, b.prefill_tokens + b.prefill_seqs * (W - 1))
-            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, keys, ab, kb)
-            blocks = ops.prefill_blocks(self.heads, b.prefill_seqs, b.prefill_tokens)
-            out.append(ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill, blocks))
+            key = (b.prefill_seqs, b.prefill_tokens, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_kv)
+            op = self._prefill.get(key)
+            if op is None:
+                if len(self._prefill) >= CACHE_ENTRIES:
+                    self._prefill.clear()
+                op = self._prefill[key] = self._prefill_attention(b)
+            out.append(op)
         if b.decode_seqs:
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
@@ -172,6 +172,20 @@ class RooflineStep:
             out.append(ops.decode_attention_time(fl, by, b.decode_seqs, self.heads, self.kv_heads, pa, bw,
                                                  e.attention_decode, self.hw.sm_count))
         return out
+
+    def _prefill_attention(self, b: BatchShape) -> ops.OpTime:
+        """The prefill attention kernel of :meth:`_attention` (cached there by the batch's prefill sums)."""
+        m, e = self.model, self.hw.efficiency
+        pa, bw, d, ab, kb = self.attn_flops_s, self.bw_bytes_s, m.head_size, self.prec.act_bytes, self.kv_value_bytes
+        W = self.window
+        fl = ops.prefill_attention_flops(self.heads, d, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_tokens)
+        keys = b.prefill_kv
+        if W is not None:
+            fl = min(fl, ops.decode_attention_flops(self.heads, d, b.prefill_tokens * W))  # W keys per query
+            keys = min(keys, b.prefill_tokens + b.prefill_seqs * (W - 1))
+        by = ops.attention_bytes(self.heads, self.kv_heads, d, b.prefill_tokens, keys, ab, kb)
+        blocks = ops.prefill_blocks(self.heads, b.prefill_seqs, b.prefill_tokens)
+        return ops.attention_time(fl, by, b.prefill_seqs * self.heads, pa, bw, e.attention_prefill, blocks)
 
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
         m, p, e = self.model, self.prec, self.hw.efficiency
