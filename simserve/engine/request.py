@@ -45,7 +45,7 @@ class Request:
         self.block_hashes: list[int] | None = None   # content hashes of full KV blocks (prefix caching on)
         self.n = n                   # output sequences sampled from the prompt (parallel sampling)
         self.parent: Request | None = None    # set on a forked child sequence: the request it belongs to
-        self.children: list[Request] = []     # a parent's forked child sequences
+        self.children: list[Request] | tuple = ()   # a parent's forked child sequences (a list once forked)
         self.seqs_left = 0           # a parent's unfinished sequences once forked; 0 until the fork
         self.beam = beam             # the n sequences are beams of a beam search, not independent samples
         # scheduler bookkeeping: admission order, and the frozen state of a steady decoder

@@ -587,6 +587,7 @@ class Scheduler:
             req.seqs_left = 1                     # every sequence sampled its only token at once
             return False
         req.seqs_left = req.n
+        req.children = []
         for _ in range(req.n - 1):
             child = Request(self._next_child_id, req.arrival_s, req.prompt_tokens, req.output_tokens)
             self._next_child_id -= 1
@@ -644,7 +645,7 @@ class Scheduler:
             lost = list(heads.values())
             for req in lost:
                 if req.n > 1:
-                    req.children.clear()
+                    req.children = []
                     req.seqs_left = req.num_generated = 0
         self.running.clear()
         self.active.clear()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,7 +113,7 @@ class Cluster:
         self.failures_on = cfg.failures.enabled
         self.prefix_caching = cfg.kv_cache.enable_prefix_caching
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
-        self.outstanding: list[tuple[float, int]] = []
+        self.outstanding = array("d")     # arrival time, requests in the system just after it, per arrival
         self.stats = {"failure_events": 0, "spot_reclaims": 0, "requeued_requests": 0, "failure_rejected": 0}
 
     # --- request lifecycle -----------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Cluster:
             self._route(req)
         else:
             self._prefill(req)
-        self.outstanding.append((self.env.now, len(self.requests) - self.num_done))
+        self.outstanding.extend((self.env.now, len(self.requests) - self.num_done))
 
     def _route(self, req: Request, pool: list[Replica] | None = None, router=None) -> None:
         """Send ``req`` to an open replica of ``pool`` chosen by ``router`` (default: the cluster's, or the
@@ -300,7 +301,7 @@ class Cluster:
                 rep.stats.down_s += env.now - rep._down_since
         return RunRecord(self.requests, np.frombuffer(self.itl.values, dtype=float),
                          np.frombuffer(self.itl.counts, dtype=np.int64), self.replicas, env.now, len(self.specs),
-                         np.asarray(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats),
+                         np.frombuffer(self.outstanding, dtype=float).reshape(-1, 2), dict(self.stats),
                          self.disaggregation_stats())
 
 
