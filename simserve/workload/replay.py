@@ -1,6 +1,8 @@
 """Trace workloads: find the trace (a bundled name or a file), read it, and cut and rescale it."""
 from __future__ import annotations
 
+import functools
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +49,20 @@ def locate(ref: str, fmt: str | None, base_dir: Path | None, where: str) -> tupl
 
 
 def read(path: Path, fmt: str) -> TraceColumns:
-    return READERS[fmt](path)
+    """The trace at ``path``, parsed once per content: a sweep that draws lengths from a trace (or
+    replays it) in every run parses and checks the file once. Keyed by the path and a digest of the
+    file's bytes (hashing is far cheaper than parsing); the arrays are read-only, as every user of a
+    trace only reads it."""
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+    return _read_cached(str(path.resolve()), fmt, digest)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_cached(path: str, fmt: str, digest: bytes) -> TraceColumns:
+    trace = READERS[fmt](Path(path))
+    for column in (trace.time_s, trace.prompt_tokens, trace.output_tokens):
+        column.flags.writeable = False
+    return trace
 
 
 def build_trace(cfg: TraceWorkload, base_dir: Path | None = None, where: str = "workload") -> RequestSpecs:
