@@ -149,23 +149,6 @@ class BlockManager:
             self._tokens[request_id] = num_tokens
         return max(need, 0) + cow
 
-    def grow_each_by_one(self, request_ids: list[int], num_tokens: list[int]) -> bool:
-        """Fast path for decoders crossing into a new block: give each request one more block, for
-        ``num_tokens[i]`` slots in total. All or nothing; False (nothing changed) when blocks are
-        short or sharing is in play, in which case the caller falls back to ``allocate_slots``."""
-        k = len(request_ids)
-        free = self._free
-        if self._sharing or k > len(free) - self.reserved or k == 0:
-            return k == 0
-        new = free[-k:]
-        del free[-k:]
-        new.reverse()
-        tables, tokens = self._tables, self._tokens
-        for rid, block, n in zip(request_ids, new, num_tokens):
-            tables[rid].append(block)
-            tokens[rid] = n
-        return True
-
     @property
     def num_unused(self) -> int:
         """Blocks in the free list and not reserved (not counting evictable cached ones)."""

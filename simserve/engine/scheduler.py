@@ -439,17 +439,6 @@ class Scheduler:
                     bucket.extend(later)
             return False
         needers = [req for req, version in due if version == req.version]
-        if not needers:
-            return False
-        if self.kv.grow_each_by_one([r.id for r in needers], [r.c0 + (t - r.k0) + 1 for r in needers]):
-            later = [(r, r.version) for r in needers if nxt <= r.k0 + r.output_tokens - r.g0 - 1]
-            if later:
-                bucket = self._block_due.get(nxt)
-                if bucket is None:
-                    self._block_due[nxt] = later
-                else:
-                    bucket.extend(later)
-            return False
         preempted = False
         needers.sort(key=_by_seq)                         # admission order, as vLLM allocates
         for req in needers:
