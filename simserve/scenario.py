@@ -279,6 +279,8 @@ def check_pipeline(cfg: Scenario, model: ModelSpec) -> None:
         raise ScenarioError("scheduler.preemption", "swap is not modelled with deployment.pipeline_parallel > 1 yet")
     if cfg.kv_cache.offload is not None:
         raise ScenarioError("kv_cache.offload", "is not modelled with deployment.pipeline_parallel > 1 yet")
+    if cfg.sampling.beam_width > 1:
+        raise ScenarioError("sampling.beam_width", "> 1 is not modelled with deployment.pipeline_parallel > 1 yet")
 
 
 def derive_parallelism(cfg: Scenario, model: ModelSpec, hw: HardwareProfile, max_len: int) -> tuple[Scenario, tuple[str, ...]]:

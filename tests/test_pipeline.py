@@ -199,6 +199,8 @@ def scenario_file(tmp_path, **sets):
      "failures: are not modelled with deployment.pipeline_parallel > 1 yet"),
     (["deployment.pipeline_parallel=2", "scheduler.preemption=swap"],
      "scheduler.preemption: swap is not modelled with deployment.pipeline_parallel > 1 yet"),
+    (["deployment.pipeline_parallel=2", "sampling.beam_width=4"],
+     "sampling.beam_width: > 1 is not modelled with deployment.pipeline_parallel > 1 yet"),
     (["model=llama-3.1-405b", "deployment.tensor_parallel=8", "scheduler.max_num_batched_tokens=4096"],
      "deployment.tensor_parallel: llama-3.1-405b needs 101.5 GB of weights per device at tensor_parallel=8"),
     (["model=llama-3.1-405b", "deployment.tensor_parallel=2", "deployment.pipeline_parallel=2"],
