@@ -162,6 +162,8 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
         s["disaggregation"] = _disaggregation(rec.disaggregation)
     if any(getattr(r.scheduler, "beams", None) is not None for r in rec.replicas):
         s["beam_search"] = _beam_search(rec)
+    elif resolved.config.sampling.n > 1:
+        s["parallel_sampling"] = _parallel_sampling(rec)
     if resolved.config.deployment.pipeline_parallel > 1 or resolved.derived:
         s["pipeline"] = _pipeline(resolved, rec)
     s.update(_cost(resolved, rec, in_tok, out_tok))
@@ -245,6 +247,15 @@ def _beam_search(rec: RunRecord) -> dict:
             "blocks_copied": sum(b.num_copied for b in beams),
             "copy_bytes_per_device": _f(sum(b.copy_bytes for b in beams)),
             "copy_s": _f(sum(b.copy_s for b in beams))}
+
+
+def _parallel_sampling(rec: RunRecord) -> dict:
+    """Blocks copied on write by forked sequences, summed over replicas (and a pipeline's engines)."""
+    copies = [sched.copies for r in rec.replicas for sched in getattr(r.scheduler, "engines", [r.scheduler])
+              if getattr(sched, "copies", None) is not None]
+    return {"blocks_copied": sum(c.num_copied for c in copies),
+            "copy_bytes_per_device": _f(sum(c.copy_bytes for c in copies)),
+            "copy_s": _f(sum(c.copy_s for c in copies))}
 
 
 def _disaggregation(stats: dict) -> dict:

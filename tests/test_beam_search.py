@@ -41,7 +41,7 @@ def drive(rows, num_blocks, block_size, rng, reshuffle=1.0, budget=64, check=Tru
     table after the step. Returns (finished requests, peak KV blocks in use, scheduler)."""
     sched = ContinuousBatching(ContinuousParams(policy="continuous", max_num_batched_tokens=budget),
                                BlockManager(num_blocks, block_size))
-    sched.beams = BeamSearch(reshuffle, rng)
+    sched.beams = sched.copies = BeamSearch(reshuffle, rng)
     for i, (p, o, w) in enumerate(rows):
         sched.add(Request(i, 0.0, p, o, n=w, beam=w > 1))
     itl, done, peak, now = ItlRecorder(), [], 0, 0.0
@@ -243,3 +243,14 @@ def test_moves_closed_form(w, r):
     expected = w * r * (1 - 1 / w) * (1 - r / w) ** (w - 1) * selections
     assert sched.beams.num_moves == pytest.approx(expected, rel=0.05)
     assert sched.kv.num_copied == 0
+
+
+def test_beams_that_never_swap_run_like_parallel_sampling_under_the_roofline_too():
+    # with the roofline cost model the fork's copy-on-write copies take time, for beams and samples alike
+    rows = [(0.0, 6, 9), (0.0, 3, 12), (0.01, 9, 5), (0.02, 4, 10), (0.02, 5, 8)]
+    kw = dict(num_blocks=20, block_size=2, scheduler__max_num_batched_tokens=16, cost_model={"kind": "roofline"})
+    beams = run_tiny(rows, sampling__beam_width=3, sampling__beam_reshuffle=0.0, **kw)
+    samples = run_tiny(rows, sampling__n=3, **kw)
+    assert timeline(beams) == timeline(samples)
+    b, s = beams.replicas[0].scheduler.copies, samples.replicas[0].scheduler.copies
+    assert s.num_copied == b.num_copied > 0 and s.copy_s == b.copy_s > 0

@@ -31,22 +31,42 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler, Step
 
 
-class BeamSearch:
-    """Per replica: the beam groups a scheduler runs, reshuffled once per decode tick."""
+class BlockCopies:
+    """Per scheduler: KV blocks copied on write (a sequence writing into a partly filled block it shares
+    after a fork), each iteration charged the time to read and write the blocks copied while it was
+    scheduled (``Step.extra``). Parallel sampling and beam search copy alike."""
 
-    __slots__ = ("reshuffle", "rng", "copy_cost", "groups", "_last_tick", "num_moves", "num_copied",
-                 "copy_bytes", "copy_s")
+    __slots__ = ("copy_cost", "num_copied", "copy_bytes", "copy_s")
 
-    def __init__(self, reshuffle: float, rng: np.random.Generator, copy_cost=None):
-        self.reshuffle = reshuffle        # probability that a beam's parent is redrawn each iteration
-        self.rng = rng
+    def __init__(self, copy_cost=None):
         self.copy_cost = copy_cost        # copy_cost(num_blocks) -> StepCost, or None: copies take no time
-        self.groups: dict[int, Request] = {}   # id -> forked head request whose beams are running
-        self._last_tick = 0
-        self.num_moves = 0                # beams that took another beam's blocks
         self.num_copied = 0               # blocks copied on write, charged to iterations
         self.copy_bytes = 0.0             # bytes those copies read and wrote, per device (roofline only)
         self.copy_s = 0.0                 # time charged for them
+
+    def charge(self, step: Step, copied: int) -> None:
+        """Charge the blocks copied on write while scheduling ``step`` to it."""
+        if not copied:
+            return
+        self.num_copied += copied
+        if self.copy_cost is not None:
+            step.extra = cost = self.copy_cost(copied)
+            self.copy_bytes += cost.bytes
+            self.copy_s += cost.time_s
+
+
+class BeamSearch(BlockCopies):
+    """Per replica: the beam groups a scheduler runs, reshuffled once per decode tick."""
+
+    __slots__ = ("reshuffle", "rng", "groups", "_last_tick", "num_moves")
+
+    def __init__(self, reshuffle: float, rng: np.random.Generator, copy_cost=None):
+        super().__init__(copy_cost)
+        self.reshuffle = reshuffle        # probability that a beam's parent is redrawn each iteration
+        self.rng = rng
+        self.groups: dict[int, Request] = {}   # id -> forked head request whose beams are running
+        self._last_tick = 0
+        self.num_moves = 0                # beams that took another beam's blocks
 
     def select(self, sched: Scheduler) -> None:
         """After a decode tick: reshuffle every beam group (called from ``Scheduler.update``)."""
@@ -101,16 +121,6 @@ class BeamSearch:
             for beam in sorted(touched.values(), key=lambda b: b.seq):
                 sched._thaw(beam)
                 sched._freeze(beam, True)
-
-    def charge(self, step: Step, copied: int) -> None:
-        """Charge the blocks copied on write while scheduling ``step`` to it."""
-        if not copied:
-            return
-        self.num_copied += copied
-        if self.copy_cost is not None:
-            step.extra = cost = self.copy_cost(copied)
-            self.copy_bytes += cost.bytes
-            self.copy_s += cost.time_s
 
 
 def block_copy_cost(block_bytes: float, hw: HardwareProfile, dtype: str, scale: float = 1.0):

@@ -133,6 +133,7 @@ class Scheduler:
         self.admitted_prompt_tokens = 0           # tokens (prompt + generated) of every admission
         self.now = 0.0                            # simulated time, set by the replica before schedule()
         self.beams = None                         # BeamSearch when requests' sequences are beams
+        self.copies = None                        # BlockCopies charging copy-on-write copies (forks)
         self._by_class: list[int] | None = None   # blocks counted by class (count_blocks_by_class)
         self._kv_tick = -1                        # by class: the last tick whose blocks are handed out
 

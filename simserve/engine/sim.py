@@ -12,7 +12,7 @@ from .. import policies, workload
 from ..scenario import Resolved
 from ..workload.specs import RequestSpecs
 from . import failures
-from .beam import BeamSearch, block_copy_cost
+from .beam import BeamSearch, BlockCopies, block_copy_cost
 from .disaggregation import kv_transfer_s, transfer_link
 from .kv import BlockManager, OffloadTier
 from .prefix import shared_block_hashes, trace_block_hashes
@@ -98,7 +98,12 @@ class Cluster:
             if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
                 rep.scheduler.bind(cost, cost_of, sched_rng)
             if cfg.sampling.beam_width > 1:        # the continuous scheduler ignores sched_rng otherwise
-                rep.scheduler.beams = beam_search(resolved, sched_rng, step_scale)
+                rep.scheduler.beams = rep.scheduler.copies = beam_search(resolved, sched_rng, step_scale)
+            elif cfg.sampling.n > 1 and pp == 1:
+                rep.scheduler.copies = BlockCopies(copy_cost_of(resolved, step_scale))
+            elif cfg.sampling.n > 1:               # a pipeline's engines count their copies; no time yet
+                for sched in rep.scheduler.engines:
+                    sched.copies = BlockCopies()
         self._prefilling: dict[int, Request] = {}    # id -> request whose prompt stage is on the prefill pool
         if dis is None:
             self.pool, self.decode_pool = self.replicas, None
@@ -375,15 +380,18 @@ def host_swap(resolved: Resolved) -> HostSwap:
                     link.bandwidth_gb_s * 1e9, link.latency_us * 1e-6)
 
 
+def copy_cost_of(resolved: Resolved, step_scale: float = 1.0):
+    """``copy_cost(num_blocks)`` of copying KV blocks on one device, under the roofline cost model only
+    (the constant and linear models charge nothing beyond their parameters): None otherwise."""
+    if resolved.config.cost_model.kind != "roofline":
+        return None
+    block_bytes = resolved.memory.kv_bytes_per_token * resolved.memory.block_size
+    return block_copy_cost(block_bytes, resolved.hardware, resolved.precision.attention_dtype, step_scale)
+
+
 def beam_search(resolved: Resolved, rng: np.random.Generator, step_scale: float = 1.0) -> BeamSearch:
-    """One replica's beam search; block copies take time under the roofline cost model only (the
-    constant and linear models charge nothing beyond their parameters)."""
-    cfg = resolved.config
-    copy_cost = None
-    if cfg.cost_model.kind == "roofline":
-        block_bytes = resolved.memory.kv_bytes_per_token * resolved.memory.block_size
-        copy_cost = block_copy_cost(block_bytes, resolved.hardware, resolved.precision.attention_dtype, step_scale)
-    return BeamSearch(cfg.sampling.beam_reshuffle, rng, copy_cost)
+    """One replica's beam search, its block copies costed by :func:`copy_cost_of`."""
+    return BeamSearch(resolved.config.sampling.beam_reshuffle, rng, copy_cost_of(resolved, step_scale))
 
 
 def scheduler_rngs(seed: int, num_replicas: int) -> list[np.random.Generator]:

@@ -32,8 +32,8 @@ class ContinuousBatching(Scheduler):
         step = self._schedule()
         if self.pending_transfer_s:
             self.charge_transfers(step)
-        if self.beams is not None and step is not None:
-            self.beams.charge(step, self.kv.num_copied - copied)   # beam search: blocks copied on write
+        if self.copies is not None and step is not None:
+            self.copies.charge(step, self.kv.num_copied - copied)  # forked sequences: blocks copied on write
         return step
 
     def _schedule(self) -> Step | None:
