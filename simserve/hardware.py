@@ -63,6 +63,7 @@ class OpEfficiency(Frozen):
     :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
     :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
+    GEMMs add ``splitk_latency_ns`` (see :func:`simserve.cost.ops.gemm_time`).
     Decode attention uses ``row_bandwidth_gb_s`` (one block per sequence and head when there are as many query
     as KV heads) and ``relayout_overhead_us`` (see :func:`simserve.cost.ops.decode_attention_time`).
     """
@@ -90,6 +91,10 @@ class OpEfficiency(Frozen):
         default=1.0, ge=1,
         description="Streaming kernels: how many times faster than DRAM the share of their bytes that fits in the "
                     "device's L2 cache (l2_cache_mb) moves; 1 is no cache")
+    splitk_latency_ns: float = Field(
+        default=0.0, ge=0,
+        description="GEMM: latency that grows with the square root of the inner dimension k (split-K balances a "
+                    "block's walk over k/splits against a reduction over splits), nanoseconds per sqrt(k)")
     hop_latency_scale: float = Field(
         default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
     relayout_overhead_us: float = Field(

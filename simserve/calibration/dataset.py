@@ -59,7 +59,7 @@ class Points:
     bytes: np.ndarray
     peak_flops_s: np.ndarray
     bandwidth_bytes_s: np.ndarray
-    units: np.ndarray       # attention work units (sequence x head); all-reduce: devices; streaming: tokens
+    units: np.ndarray       # attention work units (sequence x head); all-reduce: devices; streaming: tokens; GEMM: k
     hop_s: np.ndarray       # collectives: the link latency (send/recv: of its one hop); 0 elsewhere
     latency_s: np.ndarray
     outside: np.ndarray     # "" inside the fitted domain, else why not (such points are only predicted)
@@ -147,7 +147,7 @@ def _gemm_frame(hw: HardwareProfile, source: str, m, n, k, latency_s, ref="") ->
         "source": source, "key": _keys(m, n, k), "ref": ref, "outside": outside,
         "flops": ops.gemm_flops(m, n, k), "bytes": ops.gemm_bytes(m, n, k, ACT_BYTES, ACT_BYTES),
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
-        "latency_s": np.asarray(latency_s, dtype=float)})
+        "units": k, "latency_s": np.asarray(latency_s, dtype=float)})
 
 
 def vidur_layer_rows(ds: Dataset, hw: str) -> pd.DataFrame:

@@ -40,16 +40,17 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
     "switch_bandwidth_fraction": (lambda v: math.log(v / (1 - v)), lambda x: 1.0 / (1.0 + math.exp(-x)), 0.6),
     "relayout_overhead_us": (math.log, math.exp, 3.0),
     "l2_speedup": (lambda v: math.log(v - 1.0), lambda x: 1.0 + math.exp(x), 1.5),
+    "splitk_latency_ns": (math.log, math.exp, 20.0),
 }
 # Defaults that reduce every shape term to the plain roofline (as in OpEfficiency).
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
          "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
          "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None, "relayout_overhead_us": 0.0,
-         "l2_speedup": 1.0}
+         "l2_speedup": 1.0, "splitk_latency_ns": 0.0}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
-    "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent"),
+    "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "splitk_latency_ns"),
     "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "unit_overhead_ns", "concurrent_blocks"),
     "attention_decode": ("bandwidth_fraction", "overhead_us", "unit_overhead_ns", "row_bandwidth_gb_s", "relayout_overhead_us"),
     "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "reduction_overhead_us", "l2_speedup"),
@@ -114,6 +115,8 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
             gap = np.where(np.isfinite(log_hi), -np.abs(log_c - log_m), -np.inf)
         log_hi = log_hi + np.log1p(np.exp(q * gap)) / q
     fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s
+    if params.get("splitk_latency_ns", 0.0):   # ops.gemm_time; GEMM points carry k in ``units``
+        fixed_s = fixed_s + np.sqrt(p.units) * params["splitk_latency_ns"] * 1e-9
     if params.get("unit_overhead_ns", 0.0):
         fixed_s = fixed_s + p.units * params["unit_overhead_ns"] * 1e-9
     out = fixed_s + np.exp(log_hi)

@@ -37,10 +37,10 @@ CARRY_OVER = {
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
            "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us",
-           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup")
+           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup", "splitk_latency_ns")
 _DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
              "concurrent_blocks": None, "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None,
-             "relayout_overhead_us": 0.0, "l2_speedup": 1.0}
+             "relayout_overhead_us": 0.0, "l2_speedup": 1.0, "splitk_latency_ns": 0.0}
 
 
 def _num(v: float) -> str:
@@ -140,7 +140,7 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
                      concurrent_blocks=None, reduction_overhead_us=0.0, switch_bandwidth_fraction=None,
-                     relayout_overhead_us=0.0, l2_speedup=1.0)
+                     relayout_overhead_us=0.0, l2_speedup=1.0, splitk_latency_ns=0.0)
         out[oc] = q
     return out
 

@@ -127,8 +127,12 @@ def gemm_bytes(m: float, n: float, k: float, weight_bytes: float, act_bytes: flo
 
 def gemm_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float,
               peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
-    return roofline_s(gemm_flops(m, n, k), gemm_bytes(m, n, k, weight_bytes, act_bytes),
-                      peak_flops_s, bandwidth_bytes_s, eff)
+    """The roofline plus a latency growing as ``sqrt(k)`` (``splitk_latency_ns`` per sqrt(k)): a thread block
+    walks its k-slice serially and cuBLAS splits k across blocks, whose partial sums are then reduced; a split
+    into s parts costs ``a k / s + b s``, least at ``2 sqrt(a b k)``."""
+    overhead_s = eff.overhead_us * 1e-6 + getattr(eff, "splitk_latency_ns", 0.0) * 1e-9 * math.sqrt(k)
+    return _roofline(gemm_flops(m, n, k), gemm_bytes(m, n, k, weight_bytes, act_bytes),
+                     peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
 
 
 def prefill_attention_flops(num_heads: float, head_dim: float, sum_q_ctx: float, sum_q_sq: float, num_tokens: float) -> float:
