@@ -201,17 +201,24 @@ def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launche
     Per-token-block kernels take no less than their rows: a block moves its row at ``row_bandwidth_gb_s``
     and at most ``concurrent_blocks`` blocks run at once (about the SM count), so rows run in
     ``max(1, tokens / concurrent_blocks)`` waves; a norm's block-wide reduction adds
-    ``reduction_overhead_us`` to every row, so to every wave."""
+    ``reduction_overhead_us`` to every row, so to every wave, and a norm's rows (latency-bound behind that
+    barrier) move ``l2_speedup`` times faster when the footprint fits in L2."""
     compute_s = flops / (peak_flops_s * eff.flops_fraction)
     memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
     speedup = getattr(eff, "l2_speedup", 1.0)
+    in_l2 = 1.0
     if speedup != 1.0:
-        memory_s = memory_s * np.where(bytes_ / launches <= l2_bytes, 1.0 / speedup, 1.0)
+        in_l2 = np.where(bytes_ / launches <= l2_bytes, 1.0 / speedup, 1.0)
+        memory_s = memory_s * in_l2
     reduction_s = reductions * eff.reduction_overhead_us * 1e-6
     if eff.row_bandwidth_gb_s is not None and eff.concurrent_blocks is not None:
         tokens = np.maximum(num_tokens, 1.0)
         waves = np.maximum(1.0, tokens / eff.concurrent_blocks)
-        row_s = (bytes_ / tokens / (eff.row_bandwidth_gb_s * 1e9) + reduction_s) * waves
+        row_s = bytes_ / tokens / (eff.row_bandwidth_gb_s * 1e9)
+        # a norm's row walk (read, block-wide reduction, read again) is latency-bound: the barrier keeps
+        # a block from overlapping its loads, so its rows too move l2_speedup times faster from L2
+        row_s = np.where(np.asarray(reductions) > 0, row_s * in_l2, row_s)
+        row_s = (row_s + reduction_s) * waves
         memory_s = np.where(per_token_blocks, np.maximum(memory_s, row_s), memory_s)
     else:
         memory_s = memory_s + reduction_s
