@@ -89,8 +89,8 @@ class OpEfficiency(Frozen):
                     "concurrent rows), microseconds")
     l2_speedup: float = Field(
         default=1.0, ge=1,
-        description="Streaming kernels: how many times faster than DRAM the share of their bytes that fits in the "
-                    "device's L2 cache (l2_cache_mb) moves; 1 is no cache")
+        description="Streaming kernels whose bytes fit in the device's L2 cache (l2_cache_mb): how many times "
+                    "faster than DRAM they move; 1 is no cache")
     splitk_latency_ns: float = Field(
         default=0.0, ge=0,
         description="GEMM: latency that grows with the square root of the inner dimension k (split-K balances a "

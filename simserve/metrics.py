@@ -163,7 +163,7 @@ def summarize(resolved: Resolved, rec: RunRecord, df: pd.DataFrame | None = None
     if any(getattr(r.scheduler, "beams", None) is not None for r in rec.replicas):
         s["beam_search"] = _beam_search(rec)
     elif resolved.config.sampling.n > 1:
-        s["parallel_sampling"] = _parallel_sampling(rec)
+        s["parallel_sampling"] = _block_copies(rec)
     if resolved.config.deployment.pipeline_parallel > 1 or resolved.derived:
         s["pipeline"] = _pipeline(resolved, rec)
     s.update(_cost(resolved, rec, in_tok, out_tok))
@@ -243,14 +243,12 @@ def _prefix_cache(rec: RunRecord) -> dict:
 def _beam_search(rec: RunRecord) -> dict:
     """Beams that took over other beams' blocks, and the blocks copied on write, summed over replicas."""
     beams = [r.scheduler.beams for r in rec.replicas if getattr(r.scheduler, "beams", None) is not None]
-    return {"beam_moves": sum(b.num_moves for b in beams),
-            "blocks_copied": sum(b.num_copied for b in beams),
-            "copy_bytes_per_device": _f(sum(b.copy_bytes for b in beams)),
-            "copy_s": _f(sum(b.copy_s for b in beams))}
+    return {"beam_moves": sum(b.num_moves for b in beams), **_block_copies(rec)}
 
 
-def _parallel_sampling(rec: RunRecord) -> dict:
-    """Blocks copied on write by forked sequences, summed over replicas (and a pipeline's engines)."""
+def _block_copies(rec: RunRecord) -> dict:
+    """Blocks copied on write by forked sequences (samples or beams), summed over replicas (and a
+    pipeline's engines)."""
     copies = [sched.copies for r in rec.replicas for sched in getattr(r.scheduler, "engines", [r.scheduler])
               if getattr(sched, "copies", None) is not None]
     return {"blocks_copied": sum(c.num_copied for c in copies),

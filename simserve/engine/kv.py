@@ -39,7 +39,7 @@ class OffloadTier:
 
 class BlockManager:
     __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
-                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied", "grow_one", "reserved")
+                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied", "reserved")
 
     def __init__(self, num_blocks: int, block_size: int, offload: OffloadTier | None = None):
         self.num_blocks = num_blocks
@@ -56,7 +56,6 @@ class BlockManager:
         self.offload = offload       # second prefix-cache tier, or None
         self.last_loaded = 0         # blocks the last attach_prefix copied back from the offload tier
         self.num_copied = 0          # copy-on-write copies of a shared, partly filled last block
-        self.grow_one = self._grow_one   # None once sharing begins (see _grow_one)
         self.reserved = 0            # blocks handed out but in no block table yet (see reserve)
 
     def _share(self) -> None:
@@ -72,7 +71,6 @@ class BlockManager:
                     ref[block] = 1
             self._ref = ref
             self._sharing = True
-            self.grow_one = None
 
     # --- queries ---------------------------------------------------------------------------------
     @property
@@ -153,13 +151,6 @@ class BlockManager:
     def num_unused(self) -> int:
         """Blocks in the free list and not reserved (not counting evictable cached ones)."""
         return len(self._free) - self.reserved
-
-    def _grow_one(self, request_id: int, num_tokens: int) -> None:
-        """The request takes one more block, for ``num_tokens`` slots in total: ``allocate_slots`` for a
-        decoder crossing into a new block, for callers that checked ``num_unused`` first. Offered as
-        ``grow_one`` only until blocks can be shared (then copy-on-write and eviction apply)."""
-        self._tables[request_id].append(self._free.pop())
-        self._tokens[request_id] = num_tokens
 
     def reserve(self, num_blocks: int) -> None:
         """Hand out ``num_blocks`` free blocks without saying to whom yet (the scheduler knows how many

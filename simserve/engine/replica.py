@@ -262,7 +262,7 @@ class Replica:
             return
         last = len(ends) - 1
         sched, stats, itl = self.scheduler, self.stats, self.itl_out
-        kv, block_due, finish_due = sched.kv, sched._block_due, sched._finish_due
+        kv, finish_due = sched.kv, sched._finish_due
         values, counts = itl.values, itl.counts
         bound_s = stats.bound_s
         n = sched.num_steady
@@ -276,20 +276,15 @@ class Replica:
             stats.peak_running = running
         started = self._span_started
         used = kv.num_used
-        by_class = sched._by_class
+        by_class = sched._by_class                    # spans run only with blocks counted by class
         for j in range(done, stop):
             t = sched.tick
             if j >= started:                          # the iteration starts: its KV blocks, then usage
-                if by_class is not None:              # quiet: the blocks are always at hand
-                    need = by_class[-t % len(by_class)]
-                    if need:
-                        kv.reserve(need)
-                        used += need
-                    sched._kv_tick = t
-                elif t in block_due:
-                    if sched.schedule_steady():
-                        raise RuntimeError(f"replica {self.index}: a quiet iteration preempted")
-                    used = kv.num_used
+                need = by_class[-t % len(by_class)]   # Scheduler._schedule_by_class, inlined: quiet, so
+                if need:                              # the blocks are always at hand
+                    kv.reserve(need)
+                    used += need
+                sched._kv_tick = t
                 sum_kv_blocks += used
                 if used > peak_kv_blocks:
                     peak_kv_blocks = used

@@ -309,38 +309,21 @@ class Scheduler:
         steady decoders, every KV block they need free without preemption or sharing, so each iteration
         is ``schedule_steady`` + ``decode_step`` + ``update`` and nothing a router or another replica can
         see changes before it ends. An iteration in which decoders finish ends the run of quiet ones (it
-        is included: the finishes happen at its end). 0 when the next iteration is not quiet."""
-        if self.active or self.waiting or not self.num_steady or self.kv._sharing:
-            return 0
-        free = self.kv.num_unused
-        bd, fd = self._block_due, self._finish_due
-        t0 = self.tick
-        stop = t0 + min(limit, self.kv.block_size)
-        need = 0
+        is included: the finishes happen at its end). 0 when the next iteration is not quiet, and
+        always 0 unless blocks are counted by class (:meth:`count_blocks_by_class`), which is what makes
+        a quiet iteration's blocks a count known in advance."""
         by_class = self._by_class
-        if by_class is not None:
-            bs = len(by_class)
-            for t in range(t0, stop):
-                need += by_class[-t % bs]
-                if need > free:
-                    return t - t0
-                fin = fd.get(t)
-                if fin is not None and any(v == r.version for r, v in fin):
-                    return t - t0 + 1
-            return stop - t0
-        exact = False                 # count entries (an upper bound) until that could exceed ``free``
+        if by_class is None or self.active or self.waiting or not self.num_steady:
+            return 0
+        free, fd = self.kv.num_unused, self._finish_due
+        bs = len(by_class)
+        t0 = self.tick
+        stop = t0 + min(limit, bs)
+        need = 0
         for t in range(t0, stop):
-            due = bd.get(t)
-            if due is not None:
-                if not exact:
-                    need += len(due)
-                    if need > free:   # count again, without stale entries (thawed decoders)
-                        exact = True
-                        need = sum(1 for u in range(t0, t + 1) for r, v in bd.get(u, ()) if v == r.version)
-                else:
-                    need += sum(1 for r, v in due if v == r.version)
-                if need > free:
-                    return t - t0
+            need += by_class[-t % bs]
+            if need > free:
+                return t - t0
             fin = fd.get(t)
             if fin is not None and any(v == r.version for r, v in fin):
                 return t - t0 + 1
@@ -420,25 +403,7 @@ class Scheduler:
         due = self._block_due.pop(t, None)
         if due is None:
             return False
-        # each needer is one token past its last block (that is what its due tick means). When all get
-        # one, the order is immaterial (which free block goes to whom is not observable)
-        nxt = t + self.kv.block_size
-        grow = self.kv.grow_one
-        if grow is not None and len(due) <= self.kv.num_unused:     # every needer gets a block: one pass
-            later = []
-            for req, version in due:
-                if version == req.version:
-                    k0 = req.k0
-                    grow(req.id, req.c0 + (t - k0) + 1)
-                    if nxt <= k0 + req.output_tokens - req.g0 - 1:
-                        later.append((req, version))
-            if later:
-                bucket = self._block_due.get(nxt)
-                if bucket is None:
-                    self._block_due[nxt] = later
-                else:
-                    bucket.extend(later)
-            return False
+        # each needer is one token past its last block (that is what its due tick means)
         needers = [req for req, version in due if version == req.version]
         preempted = False
         needers.sort(key=_by_seq)                         # admission order, as vLLM allocates

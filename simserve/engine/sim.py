@@ -90,10 +90,11 @@ class Cluster:
                                  self._finished, lambda r: self._reject(r, "timeout"), timeout_s)
                 for i in range(cfg.deployment.replicas)
             ]
-        if pp == 1 and blocks_never_shared(resolved):
+        if blocks_never_shared(resolved):
             for rep in self.replicas:
-                if hasattr(rep.scheduler, "count_blocks_by_class"):   # duck-typed schedulers may lack it
-                    rep.scheduler.count_blocks_by_class()
+                for sched in getattr(rep.scheduler, "engines", [rep.scheduler]):   # a pipeline's engines
+                    if hasattr(sched, "count_blocks_by_class"):   # duck-typed schedulers may lack it
+                        sched.count_blocks_by_class()
         for rep, sched_rng in zip(self.replicas, scheduler_rngs(cfg.seed, len(self.replicas))):
             if hasattr(rep.scheduler, "bind"):     # Scheduler.bind; duck-typed schedulers may lack it
                 rep.scheduler.bind(cost, cost_of, sched_rng)
