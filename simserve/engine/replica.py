@@ -10,10 +10,9 @@ Fast-forward (``spans=True``): when the next iterations are *quiet* (only steady
 finishing, KV blocks at hand: :meth:`Scheduler.quiet_ticks`), the replica works out their step times in
 one go and sleeps once until the last one ends. Nothing anybody can observe changes during a quiet
 iteration, so the per-iteration bookkeeping is done when the span ends. A request routed here meanwhile
-cuts the span short: it interrupts the process, which finishes the iteration in progress and
-schedules the newcomer at that iteration's end, exactly when the one-event-per-iteration loop would
-have (arrivals are urgent events, so one arriving at the very end of an iteration is seen by the next
-schedule either way). The cluster enables spans only where nothing else reads a replica mid-span.
+cuts the span short: the process wakes at the end of the iteration in progress instead and schedules
+the newcomer then, exactly when the one-event-per-iteration loop would have (arrivals are urgent
+events, so one arriving at the very end of an iteration is seen by the next schedule either way). The cluster enables spans only where nothing else reads a replica mid-span.
 """
 
 from __future__ import annotations
@@ -32,7 +31,6 @@ from .request import Request
 from .scheduler import _NONE, Scheduler, Step
 
 SPAN_TICKS = 16          # most iterations fast-forwarded at once (also capped at one KV block size)
-ARRIVAL = "arrival"      # interrupt cause: a request was routed to a replica in the middle of a span
 
 
 class ReplicaStats:
@@ -88,6 +86,7 @@ class Replica:
         self._span_done = 0                              # of its iterations, those accounted for
         self._span_started = 0                           # of its iterations, those whose start is
         self._span_start = 0.0                           # when the span began
+        self._span_stop = 0                              # of its iterations, those it runs (cut short by an arrival)
         self._sleeping_span = False                      # asleep until a span's last iteration ends
         self.process = env.process(self.run())
 
@@ -97,8 +96,25 @@ class Replica:
         if self._wake is not None and not self._wake.triggered:
             self._wake.succeed()
         elif self._sleeping_span:
-            self._sleeping_span = False
-            self.process.interrupt(ARRIVAL)
+            self._cut_span()
+
+    def _cut_span(self) -> None:
+        """A request arrived in the middle of a span: the replica wakes at the end of the iteration in
+        progress instead of the span's last (an arrival at the very instant an iteration ends is seen by
+        the schedule that follows it, because arrivals are urgent events). Rather than interrupt the
+        process (an urgent event, an exception thrown into its generator and a second sleep), its wait
+        moves to a new event at that end, as SimPy's own interrupt moves it: off the old event's
+        callbacks (which then fires with nobody waiting), onto the new one's."""
+        self._sleeping_span = False
+        ends = self._span[1]
+        stop = bisect_left(ends, self.env.now) + 1
+        self._span_stop = stop
+        if stop < len(ends):
+            proc = self.process
+            proc._target.callbacks.remove(proc._resume)
+            wake = _timeout_at(self.env, ends[stop - 1])
+            wake.callbacks.append(proc._resume)
+            proc._target = wake
 
     def fail(self) -> list[Request]:
         """Stop now: the step in progress is lost, KV is dropped. Returns the requests it held."""
@@ -134,7 +150,7 @@ class Replica:
             sched.now = env.now
             if self.spans:
                 ticks = sched.quiet_ticks(SPAN_TICKS)
-                if ticks > 1:
+                if ticks:
                     yield from self._fast_forward(ticks)
                     continue
             step = sched.schedule()
@@ -200,24 +216,20 @@ class Replica:
             ends.append(t)
         self._span, self._span_done, self._span_started = (costs, ends), 0, 0
         self._span_start = env.now
+        self._span_stop = ticks                  # :meth:`_cut_span` may end it sooner
         self._sleeping_span = True
         try:
             yield _timeout_at(env, ends[-1])
-        except simpy.Interrupt as irq:
+        except simpy.Interrupt:                  # a failure: the iteration in progress is lost
             self._sleeping_span = False
             in_progress = bisect_left(ends, env.now)
             self._account(in_progress)
-            if irq.cause != ARRIVAL:             # a failure: the iteration in progress is lost
-                self._account_start(in_progress)
-                self._step_start = ends[in_progress - 1] if in_progress else self._span_start
-                self._span = None
-                raise
-            yield _timeout_at(env, ends[in_progress])
-            self._account(in_progress + 1)
+            self._account_start(in_progress)
+            self._step_start = ends[in_progress - 1] if in_progress else self._span_start
             self._span = None
-            return
+            raise
         self._sleeping_span = False
-        self._account(ticks)
+        self._account(self._span_stop)
         self._span = None
 
     def flush(self, now: float) -> None:

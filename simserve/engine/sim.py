@@ -120,6 +120,7 @@ class Cluster:
         self.prefix_caching = cfg.kv_cache.enable_prefix_caching
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.outstanding = array("d")     # arrival time, requests in the system just after it, per arrival
+        self._columns: tuple[list, list] | None = None   # prompt and output lengths as lists (_new)
         self.stats = {"failure_events": 0, "spot_reclaims": 0, "requeued_requests": 0, "failure_rejected": 0}
 
     # --- request lifecycle -----------------------------------------------------------------------
@@ -227,9 +228,12 @@ class Cluster:
     # --- arrival processes -----------------------------------------------------------------------
     def _new(self, i: int) -> Request:
         s = self.specs
+        if self._columns is None:            # plain lists: indexing numpy arrays a million times is slow
+            self._columns = (s.prompt_tokens.tolist(), s.output_tokens.tolist())
+        prompts, outputs = self._columns
         hashes = s.prefix_hashes[i] if s.prefix_hashes is not None else None
         sampling = self.resolved.config.sampling
-        req = Request(i, self.env.now, int(s.prompt_tokens[i]), int(s.output_tokens[i]), hashes,
+        req = Request(i, self.env.now, prompts[i], outputs[i], hashes,
                       sampling.beam_width if sampling.beam_width > 1 else sampling.n, sampling.beam_width > 1)
         if self.prefix_caching:
             bs = self.resolved.memory.block_size
@@ -240,12 +244,11 @@ class Cluster:
         return req
 
     def open_loop(self):
-        env, arrivals = self.env, self.specs.arrival_s
-        for i in range(len(arrivals)):
-            t = float(arrivals[i])
+        env, new, submit = self.env, self._new, self.submit
+        for i, t in enumerate(self.specs.arrival_s.tolist()):
             if t > env.now:
                 yield Arrival(env, t - env.now)
-            self.submit(self._new(i))
+            submit(new(i))
 
     def user(self, next_index: list[int]):
         env = self.env
