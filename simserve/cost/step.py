@@ -109,6 +109,7 @@ class RooflineStep:
         self._emb: dict = {}        # T -> embedding kernel
         self._logits: dict = {}     # logits -> (final norm, LM head) kernels
         self._prefill: dict = {}    # a batch's prefill sums -> prefill attention kernel
+        self._span: dict = {}       # (n, logits) -> decode_span's constants
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
@@ -320,26 +321,19 @@ class RooflineStep:
         """``count`` consecutive iterations of the same ``n`` decoders (``logits`` of them sampling, all by
         default), with ``ctx``, ``ctx + n``, ``ctx + 2n``... keys read: what :meth:`general_step` gives for
         each, with the same operations in the same order (same bits; a test holds them equal), minus the
-        kernel records and with what does not change hoisted out of the loop. The hot path of decoding."""
+        kernel records and with what does not change hoisted out of the loop (and cached by ``n`` and
+        ``logits``: :meth:`_span_constants`). The hot path of decoding."""
         logits = n if logits is None else logits
         if self.window is not None:
             return [self.general_step(BatchShape(n, n, logits, n, ctx + j * n)) for j in range(count)]
-        (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, logits)
-        d, L = self.model.head_size, self.num_layers
-        heads, kvh, kvb = self.heads, self.kv_heads, self.kv_value_bytes
-        fl_per_key = 4.0 * heads * d
-        by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
-        e = self.hw.efficiency.attention_decode
-        units = n * kvh
-        over = e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
-        peak_f, peak_b = self.attn_flops_s * e.flops_fraction, self.bw_bytes_s * e.bandwidth_fraction
-        p = e.overlap_exponent
-        sm = self.hw.sm_count
-        walks = self.heads == self.kv_heads and e.row_bandwidth_gb_s is not None and sm and units > 0
-        if walks:                                # see ops.decode_attention_time
-            row_bw, waves = e.row_bandwidth_gb_s * 1e9, ceil(units / sm)
-        relayout_s = e.relayout_overhead_us * 1e-6 if self.heads > self.kv_heads and n > 1 and kvh > 1 else None
-        step_over = self.step_overhead_s
+        key = (n, logits)
+        constants = self._span.get(key)
+        if constants is None:
+            if len(self._span) >= CACHE_ENTRIES:
+                self._span.clear()
+            constants = self._span[key] = self._span_constants(n, logits)
+        (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over, peak_f,
+         peak_b, p, walks, row_bw, waves, units, relayout_s, step_over) = constants
         out = []
         for _ in range(count):
             fl = fl_per_key * ctx
@@ -381,3 +375,21 @@ class RooflineStep:
             out.append(StepCost(time_s, bound, flops0 + L * fl, bytes0 + L * by))
             ctx += n
         return out
+
+    def _span_constants(self, n: int, logits: int) -> tuple:
+        """What :meth:`decode_span` computes once for ``n`` decoders of which ``logits`` sample."""
+        (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, logits)
+        d, L = self.model.head_size, self.num_layers
+        heads, kvh, kvb = self.heads, self.kv_heads, self.kv_value_bytes
+        fl_per_key = 4.0 * heads * d
+        by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
+        e = self.hw.efficiency.attention_decode
+        units = n * kvh
+        over = e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
+        peak_f, peak_b = self.attn_flops_s * e.flops_fraction, self.bw_bytes_s * e.bandwidth_fraction
+        sm = self.hw.sm_count
+        walks = bool(self.heads == self.kv_heads and e.row_bandwidth_gb_s is not None and sm and units > 0)
+        row_bw, waves = (e.row_bandwidth_gb_s * 1e9, ceil(units / sm)) if walks else (0.0, 0)  # see ops.decode_attention_time
+        relayout_s = e.relayout_overhead_us * 1e-6 if self.heads > self.kv_heads and n > 1 and kvh > 1 else None
+        return (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb,
+                over, peak_f, peak_b, e.overlap_exponent, walks, row_bw, waves, units, relayout_s, self.step_overhead_s)

@@ -119,20 +119,25 @@ class BlockManager:
             table = self._tables[request_id] = []
             self._tokens[request_id] = 0
         held_tokens = self._tokens[request_id]
-        need = self.blocks_for(num_tokens) - len(table)
+        need = -(-num_tokens // self.block_size) - len(table)
+        if not self._sharing:           # one owner per block: no copy-on-write, nothing cached
+            if need > 0:
+                free = self._free
+                if need > len(free) - self.reserved:
+                    return None
+                new = free[-need:]
+                del free[-need:]
+                new.reverse()                             # the order pop() would have given
+                table.extend(new)
+            else:
+                need = 0
+            if num_tokens > held_tokens:
+                self._tokens[request_id] = num_tokens
+            return need
         cow = (num_tokens > held_tokens and held_tokens % self.block_size != 0
                and self._ref[table[-1]] > 1)
         if need + cow > self.num_free:
             return None
-        if need > 0 and not self._sharing and need <= len(self._free) - self.reserved:
-            free = self._free
-            new = free[-need:]
-            del free[-need:]
-            new.reverse()                                 # the order pop() would have given
-            table.extend(new)
-            if num_tokens > held_tokens:
-                self._tokens[request_id] = num_tokens
-            return need
         if cow:
             old = table[-1]
             table[-1] = self._take()

@@ -25,7 +25,7 @@ from typing import Callable
 import simpy
 
 from ..cost.batch import BatchShape
-from ..cost.step import StepCost
+from ..cost.step import RooflineStep, StepCost
 from .admission import expired
 from .request import Request
 from .scheduler import _NONE, Scheduler, Step
@@ -68,6 +68,7 @@ class Replica:
         self.index = index
         self.scheduler = scheduler
         self.step_cost = step_cost
+        self._cost = step_cost.step if isinstance(step_cost, RooflineStep) else step_cost   # skip a __call__
         self.itl_out = itl_out
         self.on_finish = on_finish
         self.on_timeout = on_timeout
@@ -167,7 +168,7 @@ class Replica:
                     yield self._wake | env.timeout(_delay_until(env.now, wake_s))
                 self._wake = None
                 continue
-            cost: StepCost = self.step_cost(step.shape)
+            cost: StepCost = self._cost(step.shape)
             time_s = cost.time_s
             if step.transfer_s:                      # host copies the iteration waits for
                 time_s += step.transfer_s

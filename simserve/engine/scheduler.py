@@ -325,8 +325,10 @@ class Scheduler:
             if need > free:
                 return t - t0
             fin = fd.get(t)
-            if fin is not None and any(v == r.version for r, v in fin):
-                return t - t0 + 1
+            if fin is not None:
+                for r, v in fin:
+                    if v == r.version:              # someone finishes in this tick
+                        return t - t0 + 1
         return stop - t0
 
     def advance_tick(self, now: float, itl: "ItlRecorder", num_steady: int) -> list:
@@ -490,7 +492,10 @@ class Scheduler:
             return None
         if num_steady:
             acc.add_decodes(num_steady, self.steady_ctx_plus_one())
-        logits = num_steady + sum(1 for r, n in zip(reqs, news) if r.num_computed + n == r.num_tokens)
+        logits = num_steady                     # sequences that sample: steady ones and those catching up
+        for r, n in zip(reqs, news):
+            if r.num_computed + n == r.prompt_tokens + r.num_generated:   # r.num_tokens
+                logits += 1
         return Step(reqs, news, acc.shape(logits), num_steady)
 
     # --- after the iteration ---------------------------------------------------------------------
