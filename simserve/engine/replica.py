@@ -264,70 +264,70 @@ class Replica:
         self._span_started = j + 1
 
     def _account(self, stop: int) -> None:
-        """Account for the span's iterations up to ``stop`` (exclusive), in order, start and end: what
+        """Account for the span's iterations up to ``stop`` (exclusive), start and end: what
         :meth:`_account_start`, the per-iteration loop's statistics and :meth:`Scheduler.advance_tick`
-        do, fused into one loop over local variables (every sum is made in the same order, so it has
-        the same bits). The decoders are the same ``n`` throughout; they may finish only at the end of
-        the span's last iteration."""
+        do. The decoders are the same ``n`` throughout (they may finish only at the end of the span's
+        last iteration), so the integer statistics are sums of arithmetic series; the floating-point ones
+        are added one iteration at a time in the loop's order, so they have the same bits."""
         costs, ends = self._span
         done = self._span_done
         if stop <= done:
             return
         last = len(ends) - 1
         sched, stats, itl = self.scheduler, self.stats, self.itl_out
-        kv, finish_due = sched.kv, sched._finish_due
-        values, counts = itl.values, itl.counts
-        bound_s = stats.bound_s
         n = sched.num_steady
         running = len(sched.running)
-        steady_sum = sched._steady_sum
-        iterations, busy_s, flops, bytes_ = stats.iterations, stats.busy_s, stats.flops, stats.bytes
-        tokens, sum_batch_seqs = stats.tokens, stats.sum_batch_seqs
-        sum_kv_blocks, peak_kv_blocks = stats.sum_kv_blocks, stats.peak_kv_blocks
-        sum_kv_tokens_used, sum_running = stats.sum_kv_tokens_used, stats.sum_running
         if running > stats.peak_running:
             stats.peak_running = running
-        started = self._span_started
-        used = kv.num_used
-        by_class = sched._by_class                    # spans run only with blocks counted by class
-        for j in range(done, stop):
-            t = sched.tick
-            if j >= started:                          # the iteration starts: its KV blocks, then usage
-                need = by_class[-t % len(by_class)]   # Scheduler._schedule_by_class, inlined: quiet, so
+        tick0 = sched.tick - done                     # iteration j of the span runs tick tick0 + j
+        first = self._span_started if self._span_started > done else done
+        if stop > first:                              # iterations first..stop-1 start: KV blocks, usage
+            kv, by_class = sched.kv, sched._by_class  # spans run only with blocks counted by class
+            bs = len(by_class)
+            used = kv.num_used
+            taken = extra = 0
+            for t in range(tick0 + first, tick0 + stop):
+                need = by_class[-t % bs]              # Scheduler._schedule_by_class, inlined: quiet, so
                 if need:                              # the blocks are always at hand
-                    kv.reserve(need)
-                    used += need
-                sched._kv_tick = t
-                sum_kv_blocks += used
-                if used > peak_kv_blocks:
-                    peak_kv_blocks = used
-                sum_kv_tokens_used += steady_sum + n * (t + 1)
-                sum_running += running
-                started = j + 1
+                    taken += need
+                    extra += need * (tick0 + stop - t)   # in use from this iteration on
+            if taken:
+                kv.reserve(taken)
+            sched._kv_tick = tick0 + stop - 1
+            k = stop - first
+            stats.sum_kv_blocks += used * k + extra
+            if used + taken > stats.peak_kv_blocks:
+                stats.peak_kv_blocks = used + taken
+            ticks = (2 * tick0 + first + stop - 1) * k // 2     # sum of the ticks t
+            stats.sum_kv_tokens_used += k * sched._steady_sum + n * (ticks + k)   # steady_ctx_plus_one()
+            stats.sum_running += running * k
+            self._span_started = stop
+        k = stop - done
+        stats.iterations += k
+        stats.tokens += n * k
+        stats.sum_batch_seqs += n * k
+        finish_due, values, counts = sched._finish_due, itl.values, itl.counts
+        bound_s = stats.bound_s
+        busy_s, flops, bytes_ = stats.busy_s, stats.flops, stats.bytes
+        for j in range(done, stop):
             cost = costs[j]
             time_s = cost.time_s
-            iterations += 1
             busy_s += time_s
             flops += cost.flops
             bytes_ += cost.bytes
-            tokens += n
-            sum_batch_seqs += n
             bound_s[cost.bound] = bound_s.get(cost.bound, 0.0) + time_s
             if j < last:
                 end = ends[j]
                 if sched._fresh:
                     sched.advance_tick(end, itl, n)
                 else:                                 # advance_tick with nobody frozen since the last tick
+                    t = sched.tick
                     values.append(end - sched.tick_end_s)
                     counts.append(n)
                     finish_due.pop(t, None)
                     sched.tick = t + 1
                     sched.tick_end_s = end
-        stats.iterations, stats.busy_s, stats.flops, stats.bytes = iterations, busy_s, flops, bytes_
-        stats.tokens, stats.sum_batch_seqs = tokens, sum_batch_seqs
-        stats.sum_kv_blocks, stats.peak_kv_blocks = sum_kv_blocks, peak_kv_blocks
-        stats.sum_kv_tokens_used, stats.sum_running = sum_kv_tokens_used, sum_running
-        self._span_started = started
+        stats.busy_s, stats.flops, stats.bytes = busy_s, flops, bytes_
         self._span_done = stop
         if stop > last:                               # decoders may finish in the span's last iteration
             for req in sched.update(Step(_NONE, _NONE, None, n), ends[last], itl):
