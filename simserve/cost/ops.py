@@ -71,11 +71,17 @@ def prefill_blocks(num_heads: float, num_seqs: float, num_tokens: float) -> floa
 
 
 def occupancy(blocks, eff: OpEfficiency):
-    """Fraction of the GPU a kernel of ``blocks`` thread blocks keeps busy: ``min(1, blocks /
-    concurrent_blocks)``; 1 without ``concurrent_blocks`` or without a block count (``blocks <= 0``)."""
+    """Fraction of the GPU a kernel of ``blocks`` thread blocks keeps busy over its run. At most
+    ``concurrent_blocks`` blocks run at once, so the blocks run in ``ceil(blocks / concurrent_blocks)`` whole
+    waves and the busy fraction is ``blocks / (concurrent_blocks * waves)``: below one wave the idle SMs of
+    a small grid (``blocks / concurrent_blocks``), above it the part-empty last wave (wave quantisation,
+    as in CUTLASS's and FlashAttention's own launch heuristics). 1 without ``concurrent_blocks`` or without
+    a block count (``blocks <= 0``)."""
     if eff.concurrent_blocks is None:
         return np.ones_like(blocks, dtype=float) if isinstance(blocks, np.ndarray) else 1.0
-    return np.where(np.asarray(blocks) > 0, np.minimum(1.0, np.asarray(blocks) / eff.concurrent_blocks), 1.0)
+    b = np.asarray(blocks, dtype=float)
+    waves = np.maximum(1.0, np.ceil(b / eff.concurrent_blocks))
+    return np.where(b > 0, b / (eff.concurrent_blocks * waves), 1.0)
 
 
 def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
@@ -83,10 +89,12 @@ def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s:
     """A fused attention kernel: the roofline plus a fixed cost per work unit, one sequence times one head
     (query heads for prefill kernels, KV heads for decode kernels: the units their launch grids split by).
     ``blocks`` (prefill: :func:`prefill_blocks`) fewer than ``concurrent_blocks`` leave SMs idle, which
-    slows the compute part by :func:`occupancy` (computed here on scalars). With ``eff.unit_overhead_ns
+    slows the compute part by :func:`occupancy` (computed here on scalars), as does a part-empty last wave. With ``eff.unit_overhead_ns
     == 0`` and no ``concurrent_blocks`` this is :func:`roofline_s`."""
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
-    busy = 1.0 if eff.concurrent_blocks is None or blocks <= 0 else min(1.0, blocks / eff.concurrent_blocks)
+    busy = 1.0
+    if eff.concurrent_blocks is not None and blocks > 0:
+        busy = blocks / (eff.concurrent_blocks * max(1.0, math.ceil(blocks / eff.concurrent_blocks)))
     return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
 
 
