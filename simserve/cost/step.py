@@ -170,7 +170,7 @@ class RooflineStep:
             fl = ops.decode_attention_flops(self.heads, d, keys)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
             out.append(ops.decode_attention_time(fl, by, b.decode_seqs, self.heads, self.kv_heads, pa, bw,
-                                                 e.attention_decode, self.hw.sm_count))
+                                                 e.attention_decode, self.hw.sm_count, keys, d, ab, kb))
         return out
 
     def _prefill_attention(self, b: BatchShape) -> ops.OpTime:
@@ -331,14 +331,21 @@ class RooflineStep:
         by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
         e = self.hw.efficiency.attention_decode
         units = n * kvh
-        over = e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
+        over = e.overhead_us * 1e-6
+        unit_s = units * e.unit_overhead_ns * 1e-9
+        floor_s = max(over, unit_s)
         peak_f, peak_b = self.attn_flops_s * e.flops_fraction, self.bw_bytes_s * e.bandwidth_fraction
         p = e.overlap_exponent
         sm = self.hw.sm_count
-        walks = self.heads == self.kv_heads and e.row_bandwidth_gb_s is not None and sm and units > 0
-        if walks:                                # see ops.decode_attention_time
-            row_bw, waves = e.row_bandwidth_gb_s * 1e9, ceil(units / sm)
-        relayout_s = e.relayout_overhead_us * 1e-6 if self.heads > self.kv_heads and n > 1 and kvh > 1 else None
+        grid = bool(sm) and units > 0           # see ops.decode_attention_time
+        walks = grid and e.row_bandwidth_gb_s is not None
+        if walks:
+            row_bw, tile_bytes = e.row_bandwidth_gb_s * 1e9, 2.0 * ops.kv_tile(d) * d * kvb
+        tile, last_tiles, walk_s, splits = ops.kv_tile(d), 0, None, 1
+        copy_s = None
+        if e.relayout_overhead_us > 0 and heads > kvh and n > 1 and kvh > 1:
+            copy_s = e.relayout_overhead_us * 1e-6 + 4.0 * n * heads * d * self.prec.act_bytes / peak_b
+        merge_s = e.relayout_overhead_us * 1e-6    # the split-KV combine kernel
         step_over = self.step_overhead_s
         out = []
         for _ in range(count):
@@ -351,14 +358,22 @@ class RooflineStep:
                     hi = hi * (1.0 + lo / hi)
                 else:
                     hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-            op_s = over + hi
-            bound = ops.OVERHEAD if over > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
-            if walks:
-                walk_s = over + by / units / row_bw * waves
-                if walk_s > op_s:
+            bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+            op_s = over + (unit_s if unit_s > hi else hi)
+            if grid:
+                tiles = max(1, ceil(ctx / n / tile))       # ops.decode_launch's, which depends only on it
+                if tiles != last_tiles:
+                    last_tiles = tiles
+                    blocks, walk_tiles, splits = ops.decode_launch(n, heads, kvh, ctx, d, sm)
+                    walk_s = None
+                    if walks and walk_tiles > 1:
+                        walk_s = over + (walk_tiles - 1) * tile_bytes / row_bw * ceil(blocks / (2 * sm))
+                if walk_s is not None and walk_s > op_s:
                     op_s, bound = walk_s, ops.MEMORY
-            if relayout_s is not None:
-                op_s = op_s + relayout_s
+            if copy_s is not None:
+                op_s += copy_s
+            if splits > 1:
+                op_s += merge_s
             t = L * op_s
             compute, memory, overhead = compute0, memory0, overhead0
             if bound == ops.OVERHEAD:
