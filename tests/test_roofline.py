@@ -92,11 +92,11 @@ def test_decode_attention_launch_grid_terms():
     assert ops.decode_attention_time(0.0, by, 25, 8, 4, 1e15, 1e12, packed, 64, keys=25 * 1024).time_s == pytest.approx(
         10e-6 + 7 * tile / 2e9)
     # one grouped sequence: no copies, but its 8 tiles are split 8 ways (one tile per block, no walk) and a
-    # combine kernel merges the parts
+    # combine kernel merges the parts: its fixed cost, and its blocks walk 8 splits of 4 fp32 rows each
     one = 1024 * 2 * 128 * 2
     assert ops.decode_launch(1, 8, 1, 1024, 128, 64) == (8, 1, 8)
     assert ops.decode_attention_time(0.0, one, 1, 8, 1, 1e15, 1e12, eff, 64, keys=1024).time_s == pytest.approx(
-        10e-6 + one / 1e12 + 6e-6)
+        10e-6 + one / 1e12 + 6e-6 + 8 * 4 * 128 * 4 / 2e9)
 
 
 def test_splitkv_heuristic():
@@ -106,6 +106,7 @@ def test_splitkv_heuristic():
     assert ops.splitkv_splits(8, 216, 64) == 22          # 8 x 22 = 176 of 216 slots (3 tiles each)
     assert ops.splitkv_splits(1, 216, 256) == 128        # at most 128 splits
     assert ops.kv_tile(64) == 256 and ops.kv_tile(128) == 128 and ops.kv_tile(256) == 64
+    assert ops.combine_rows(128) == 4 and ops.combine_rows(64) == 8 and ops.combine_rows(96) == 16
 
 
 def test_batch_shape_sums():

@@ -77,16 +77,16 @@ FIXED = {
 
 def free_params(p: Points) -> tuple[str, ...]:
     """The fitted parameters of a point set: its class's ``FREE`` names, less the switch's all-reduce
-    bandwidth when no measured link reduces in the switch, and decode's per-block rate or relayout cost when
-    no measured kernel walks more than one KV tile per block, or regroups its queries or splits its context
-    (they would change nothing)."""
+    bandwidth when no measured link reduces in the switch, decode's per-block rate when no measured kernel
+    walks more than one KV tile per block or splits its context, and its relayout cost when none regroups
+    its queries or splits its context (they would change nothing)."""
     names = FREE[p.op_class]
     if not p.switch.any():
         names = tuple(n for n in names if n != "switch_bandwidth_fraction")
     if p.op_class == "elementwise" and not p.l2_bytes.any():
         names = tuple(n for n in names if n != "l2_speedup")
     if p.op_class == "attention_decode":
-        if not p.walk_bytes.any():
+        if not (p.walk_bytes.any() or p.combine_bytes.any()):
             names = tuple(n for n in names if n != "row_bandwidth_gb_s")
         if not (p.relayout.any() or p.splitkv.any()):
             names = tuple(n for n in names if n != "relayout_overhead_us")
@@ -124,6 +124,7 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
         out = over_s + np.maximum(np.exp(log_hi), p.units * (params.get("unit_overhead_ns", 0.0) * 1e-9))
         if params.get("row_bandwidth_gb_s") is not None:
             out = np.maximum(out, over_s + p.walk_bytes / (params["row_bandwidth_gb_s"] * 1e9))
+            out = out + p.combine_bytes / (params["row_bandwidth_gb_s"] * 1e9)
         extra_s = params.get("relayout_overhead_us", 0.0) * 1e-6
         copies_s = p.relayout_bytes / (p.bandwidth_bytes_s * params["bandwidth_fraction"])
         copies_s = copies_s if extra_s > 0 else 0.0     # no copies without their fixed cost

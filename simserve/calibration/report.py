@@ -26,8 +26,8 @@ WHY = {
                         "regrouping copies, per-unit costs alongside the KV stream), but what remains are batches "
                         "with as many query as KV heads at contexts up to ~256 tokens, over-predicted by 15-30% "
                         "(their blocks cost less than grouped-query ones), and a single sequence with one KV head "
-                        "at 8k-32k tokens, under-predicted by 30-50% (the combine kernel walks its up to 128 splits "
-                        "one after another, about 0.16 us each: a sixth parameter).",
+                        "at 8k-32k tokens, under-predicted by 20-30% (its up to 128 splits cost more than the "
+                        "combine kernel's walk over them accounts for).",
     "elementwise": "each kernel has its own bytes, FLOPs and launch grid (norm, rotary and activation run "
                    "one thread block per token, a row per SM at a time; the residual add streams near full "
                    "DRAM bandwidth, faster where its tensors fit in L2), and the trend is right per operator "
@@ -145,12 +145,14 @@ def render_report_md(result) -> str:
         "larger of the two, not their sum: at 2048 sequences of 1-63 keys the time is flat while the bytes grow "
         "64-fold); the two regrouping copies cost `relayout_overhead_us` plus the queries and outputs they read "
         "and write, and the combine kernel the same `relayout_overhead_us` (free fits gave 5.7 us for each on "
-        "A100). Measured, A100 decode time is a staircase in the context at multiples of 128 keys, and a single "
+        "A100) plus its walk over the splits: a combine block merges 4 output rows (`kBlockM` at head_dim 128) "
+        "and reads each split's fp32 partial rows in turn, at `row_bandwidth_gb_s`. Measured, A100 decode time "
+        "is a staircase in the context at multiples of 128 keys, and a single "
         "grouped-query sequence jumps by ~6 us when its context passes 128 keys and splits. These terms took the "
-        "held-out A100 decode error from 7.4%/29.9% (median/p90) to 3.9%/14.7% (the combine kernel alone: "
+        "held-out A100 decode error from 7.4%/29.9% (median/p90) to 3.9%/13.4% (the combine kernel alone: "
         "5.0%/23.0%; plus per-unit costs alongside the stream: 4.5%/21.2%; plus tile walks: 4.4%/17.2%; plus the "
-        "copies' bytes), H100 (vLLM 0.24, whose fit puts the combine and copy cost near 0.1 us) from 5.1%/18.8% to "
-        "5.6%/18.5%.",
+        "copies' bytes: 3.9%/14.7%; plus the combine's walk over splits: 3.9%/13.4%), H100 (vLLM 0.24, whose "
+        "fit puts the combine and copy cost near 0.1 us) from 5.1%/18.8% to 5.6%/18.5%.",
         "- **Streaming kernels** (`ops.streaming_s`). vLLM's RMSNorm, rotary and SiLU-and-mul kernels launch "
         "one thread block per token (`grid(num_tokens)` in vLLM's csrc/layernorm_kernels.cu, "
         "pos_encoding_kernels.cu and activation_kernels.cu), so a block walks its row at the fitted "

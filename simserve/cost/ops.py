@@ -128,6 +128,12 @@ def splitkv_splits(blocks: int, slots: int, tiles: int, max_splits: int = 128) -
     return 1
 
 
+def combine_rows(head_dim: float) -> int:
+    """Output rows one block of FlashAttention-2's split-KV combine kernel merges (``kBlockM`` there: 4 when
+    head_dim is a multiple of 128, 8 of 64, else 16); it reads each split's partial rows in turn."""
+    return 4 if head_dim % 128 == 0 else 8 if head_dim % 64 == 0 else 16
+
+
 def decode_launch(num_seqs: float, num_heads: float, num_kv_heads: float, keys: float, head_dim: float,
                   sm_count: float) -> tuple[float, float, int]:
     """Launch grid of FlashAttention-2's decode kernel from per-batch sums: (thread blocks, KV tiles each
@@ -162,8 +168,10 @@ def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_head
       back, two extra kernels: ``relayout_overhead_us`` plus their bytes (each reads and writes the
       queries or outputs) at the fitted DRAM rate. A profile without ``relayout_overhead_us`` (0) has no
       such copies (a kernel that packs grouped queries itself).
-    - When the context is split (:func:`splitkv_splits`), a combine kernel merges the partial outputs; it
-      is charged ``relayout_overhead_us`` too (one more small kernel of the same kind).
+    - When the context is split (:func:`splitkv_splits`), a combine kernel merges the partial outputs: it
+      is charged ``relayout_overhead_us`` too (one more small kernel of the same kind), plus its blocks' walk
+      over the splits one after another, each split's fp32 partial rows (:func:`combine_rows` x head_dim x 4
+      bytes) at ``row_bandwidth_gb_s`` (one wave: a context is split only when the grid is small).
     Without ``sm_count`` or ``keys`` there is no grid: the roofline-or-units body and the copies only.
     ``act_bytes`` and ``kv_bytes``: bytes per query/output and per cached K or V value."""
     units = num_seqs * num_kv_heads
@@ -187,6 +195,8 @@ def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_head
         time_s += eff.relayout_overhead_us * 1e-6 + copies / (bandwidth_bytes_s * eff.bandwidth_fraction)
     if splits > 1:
         time_s += eff.relayout_overhead_us * 1e-6
+        if eff.row_bandwidth_gb_s is not None:
+            time_s += splits * combine_rows(head_dim) * head_dim * 4.0 / (eff.row_bandwidth_gb_s * 1e9)
     return OpTime(time_s, bound, flops, bytes_)
 
 

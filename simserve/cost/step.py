@@ -341,11 +341,12 @@ class RooflineStep:
         walks = grid and e.row_bandwidth_gb_s is not None
         if walks:
             row_bw, tile_bytes = e.row_bandwidth_gb_s * 1e9, 2.0 * ops.kv_tile(d) * d * kvb
-        tile, last_tiles, walk_s, splits = ops.kv_tile(d), 0, None, 1
+        tile, last_tiles, walk_s, splits, merge_s = ops.kv_tile(d), 0, None, 1, 0.0
+        split_bytes = ops.combine_rows(d) * d * 4.0        # a combine block's partial rows of one split
         copy_s = None
         if e.relayout_overhead_us > 0 and heads > kvh and n > 1 and kvh > 1:
             copy_s = e.relayout_overhead_us * 1e-6 + 4.0 * n * heads * d * self.prec.act_bytes / peak_b
-        merge_s = e.relayout_overhead_us * 1e-6    # the split-KV combine kernel
+        combine_fixed = e.relayout_overhead_us * 1e-6    # the split-KV combine kernel
         step_over = self.step_overhead_s
         out = []
         for _ in range(count):
@@ -368,12 +369,16 @@ class RooflineStep:
                     walk_s = None
                     if walks and walk_tiles > 1:
                         walk_s = over + (walk_tiles - 1) * tile_bytes / row_bw * ceil(blocks / (2 * sm))
+                    if splits > 1 and walks:
+                        merge_s = splits * split_bytes / row_bw
                 if walk_s is not None and walk_s > op_s:
                     op_s, bound = walk_s, ops.MEMORY
             if copy_s is not None:
                 op_s += copy_s
             if splits > 1:
-                op_s += merge_s
+                op_s += combine_fixed
+                if walks:
+                    op_s += merge_s
             t = L * op_s
             compute, memory, overhead = compute0, memory0, overhead0
             if bound == ops.OVERHEAD:
