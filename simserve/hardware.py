@@ -64,8 +64,9 @@ class OpEfficiency(Frozen):
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
     :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
     GEMMs add ``splitk_latency_ns`` (see :func:`simserve.cost.ops.gemm_time`).
-    Decode attention uses ``row_bandwidth_gb_s`` (one block per sequence and head when there are as many query
-    as KV heads) and ``relayout_overhead_us`` (see :func:`simserve.cost.ops.decode_attention_time`).
+    Decode attention uses ``row_bandwidth_gb_s`` (a thread block's walk over its KV tiles) and
+    ``relayout_overhead_us`` (the small kernels around it); its ``unit_overhead_ns`` runs alongside the
+    roofline rather than after it (see :func:`simserve.cost.ops.decode_attention_time`).
     """
 
     flops_fraction: float = Field(gt=0, le=1)
@@ -78,7 +79,8 @@ class OpEfficiency(Frozen):
         default=0.0, ge=0, description="Attention: fixed cost per (sequence, head) work unit, nanoseconds")
     row_bandwidth_gb_s: float | None = Field(
         default=None, gt=0,
-        description="Streaming kernels with one thread block per token: bytes one block moves, 1e9 bytes/s")
+        description="Streaming kernels with one thread block per token, decode attention's walk over KV tiles: "
+                    "bytes one block moves, 1e9 bytes/s")
     concurrent_blocks: float | None = Field(
         default=None, gt=0,
         description="Thread blocks running at once (about SMs x blocks per SM): streaming kernels' token rows, "
@@ -100,7 +102,8 @@ class OpEfficiency(Frozen):
     relayout_overhead_us: float = Field(
         default=0.0, ge=0,
         description="Decode attention with grouped-query heads, several sequences and several KV heads: the two "
-                    "copies that regroup queries and outputs (FlashAttention-2), microseconds together")
+                    "copies that regroup queries and outputs (FlashAttention-2), microseconds together, plus "
+                    "their bytes; a split context's combine kernel costs the same microseconds")
     switch_bandwidth_fraction: float | None = Field(
         default=None, gt=0, le=1,
         description="All-reduce reduced in the switch (interconnect.switch_reduction): achievable fraction of the "

@@ -70,17 +70,43 @@ def test_allreduce_algorithms():
 
 
 def test_decode_attention_launch_grid_terms():
-    eff = IDEAL.model_copy(update={"overhead_us": 10.0, "row_bandwidth_gb_s": 20.0, "relayout_overhead_us": 6.0})
-    by = 1e6 * 100          # 100 blocks of 1 MB each
-    # as many query as KV heads: 100 (sequence, head) blocks walk 1 MB each at 20 GB/s, in waves of 64 SMs
-    t = ops.decode_attention_time(0.0, by, 25, 4, 4, 1e15, 1e12, eff, sm_count=64)
-    assert t.time_s == pytest.approx(10e-6 + 1e6 / 20e9 * 2) and t.bound == ops.MEMORY
-    # without an SM count, or with grouped queries, the roofline (plus, for several sequences and KV heads,
-    # the two regrouping copies)
+    eff = IDEAL.model_copy(update={"overhead_us": 10.0, "row_bandwidth_gb_s": 2.0, "relayout_overhead_us": 6.0,
+                                   "unit_overhead_ns": 100.0})
+    tile = 2 * 128 * 128 * 2            # a KV tile: K and V of 128 keys at head_dim 128, 2 bytes each
+    by = 100 * 1024 * 2 * 128 * 2       # 100 (sequence, head) units of 1024 cached keys
+    # as many query as KV heads: each of the 100 blocks walks 8 tiles, the first inside the fixed overhead,
+    # the other 7 at 2 GB/s, in one wave (two blocks on each of 64 SMs)
+    t = ops.decode_attention_time(0.0, by, 25, 4, 4, 1e15, 1e12, eff, sm_count=64, keys=25 * 1024)
+    assert t.time_s == pytest.approx(10e-6 + 7 * tile / 2e9) and t.bound == ops.MEMORY
+    # without an SM count: no launch grid, the roofline; the units' fixed cost runs alongside it (max, not sum)
     assert ops.decode_attention_time(0.0, by, 25, 4, 4, 1e15, 1e12, eff).time_s == pytest.approx(10e-6 + by / 1e12)
-    assert ops.decode_attention_time(0.0, by, 25, 8, 4, 1e15, 1e12, eff, 64).time_s == pytest.approx(16e-6 + by / 1e12)
-    assert ops.decode_attention_time(0.0, by, 1, 8, 4, 1e15, 1e12, eff, 64).time_s == pytest.approx(10e-6 + by / 1e12)
-    assert ops.decode_attention_time(0.0, by, 25, 8, 1, 1e15, 1e12, eff, 64).time_s == pytest.approx(10e-6 + by / 1e12)
+    t = ops.decode_attention_time(0.0, 1e3, 1000, 4, 4, 1e15, 1e12, eff)
+    assert t.time_s == pytest.approx(10e-6 + 4000 * 100e-9) and t.bound == ops.OVERHEAD
+    # grouped queries of several sequences and KV heads: the two regrouping copies (fixed cost plus the
+    # queries and outputs each read and written once more); 100 blocks fill the GPU enough not to split
+    copies = 4 * 25 * 8 * 128 * 2
+    grouped = ops.decode_attention_time(0.0, by, 25, 8, 4, 1e15, 1e12, eff, 64, keys=25 * 1024)
+    assert ops.decode_launch(25, 8, 4, 25 * 1024, 128, 64) == (100, 8, 1)
+    assert grouped.time_s == pytest.approx(10e-6 + 7 * tile / 2e9 + 6e-6 + copies / 1e12)
+    packed = eff.model_copy(update={"relayout_overhead_us": 0.0})     # no copies without their fixed cost
+    assert ops.decode_attention_time(0.0, by, 25, 8, 4, 1e15, 1e12, packed, 64, keys=25 * 1024).time_s == pytest.approx(
+        10e-6 + 7 * tile / 2e9)
+    # one grouped sequence: no copies, but its 8 tiles are split 8 ways (one tile per block, no walk) and a
+    # combine kernel merges the parts: its fixed cost, and its blocks walk 8 splits of 4 fp32 rows each
+    one = 1024 * 2 * 128 * 2
+    assert ops.decode_launch(1, 8, 1, 1024, 128, 64) == (8, 1, 8)
+    assert ops.decode_attention_time(0.0, one, 1, 8, 1, 1e15, 1e12, eff, 64, keys=1024).time_s == pytest.approx(
+        10e-6 + one / 1e12 + 6e-6 + 8 * 4 * 128 * 4 / 2e9)
+
+
+def test_splitkv_heuristic():
+    """FlashAttention-2's split count: the fewest splits whose waves are >= 85% as full as the fullest."""
+    assert ops.splitkv_splits(200, 128, 8) == 1          # >= 80% of the slots filled: no split
+    assert ops.splitkv_splits(1, 128, 8) == 8            # one block: as many splits as tiles
+    assert ops.splitkv_splits(8, 216, 64) == 22          # 8 x 22 = 176 of 216 slots (3 tiles each)
+    assert ops.splitkv_splits(1, 216, 256) == 128        # at most 128 splits
+    assert ops.kv_tile(64) == 256 and ops.kv_tile(128) == 128 and ops.kv_tile(256) == 64
+    assert ops.combine_rows(128) == 4 and ops.combine_rows(64) == 8 and ops.combine_rows(96) == 16
 
 
 def test_batch_shape_sums():

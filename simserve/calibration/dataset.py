@@ -13,6 +13,7 @@ checks that the two agree.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,11 @@ class Points:
     launches: np.ndarray           # streaming: kernels per measured op
     blocks: np.ndarray             # prefill attention: thread blocks (ops.prefill_blocks); 0 elsewhere
     switch: np.ndarray             # all-reduce: 1 if the link's switch reduces (interconnect.switch_reduction)
-    walk_sms: np.ndarray           # decode attention with as many query as KV heads: the GPU's SMs; 0 elsewhere
+    walk_bytes: np.ndarray         # decode attention: KV bytes a block walks after its first tile, times its waves
     relayout: np.ndarray           # decode attention: 1 if grouped queries are copied (ops.decode_attention_time)
+    relayout_bytes: np.ndarray     # decode attention: bytes those two copies read and write
+    splitkv: np.ndarray            # decode attention: 1 if the context is split (a combine kernel follows)
+    combine_bytes: np.ndarray      # decode attention: partial-output bytes a combine block walks (all splits)
     sms: np.ndarray                # streaming: the GPU's SMs (per-token rows run at once; fixes concurrent_blocks)
     l2_bytes: np.ndarray           # streaming: the device's L2 cache in bytes (ops.streaming_s); 0 elsewhere
 
@@ -86,7 +90,8 @@ class Points:
 
 
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
-           "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_sms", "relayout", "sms",
+           "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_bytes", "relayout",
+           "relayout_bytes", "splitkv", "combine_bytes", "sms",
            "l2_bytes")
 _TEXT = ("source", "key", "ref", "outside")
 
@@ -123,7 +128,8 @@ def _keys(*columns) -> np.ndarray:
 def _frame(d: dict) -> pd.DataFrame:
     n = len(d["latency_s"])
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
-            "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_sms": 0.0, "relayout": 0.0,
+            "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_bytes": 0.0, "relayout": 0.0,
+            "relayout_bytes": 0.0, "splitkv": 0.0, "combine_bytes": 0.0,
             "sms": 0.0, "l2_bytes": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
@@ -245,13 +251,22 @@ def _attention_frame(hw: HardwareProfile, op_class: str, source: str, seqs, q, c
         bytes_ = ops.attention_bytes(heads, kv_heads, head_dim, seqs, seqs * c, ACT_BYTES, ACT_BYTES)
         units = seqs * kv_heads     # decode kernels pack a KV head's query heads into one unit
         blocks = 0.0                # no prefill-style occupancy term (see ops.decode_attention_time)
-        walk_sms = np.where(heads == kv_heads, float(hw.sm_count or 0), 0.0)
         relayout = ((heads > kv_heads) & (seqs > 1) & (kv_heads > 1)).astype(float)
+        relayout_bytes = relayout * 4.0 * seqs * heads * head_dim * ACT_BYTES
+        walk_bytes, splitkv, combine_bytes = np.zeros(len(seqs)), np.zeros(len(seqs)), np.zeros(len(seqs))
+        if hw.sm_count:
+            for i, (s, h, kv, d, k) in enumerate(zip(seqs, heads, kv_heads, head_dim, seqs * (c + 1))):
+                blocks, tiles, splits = ops.decode_launch(s, h, kv, k, d, hw.sm_count)
+                walk_bytes[i] = (tiles - 1) * 2.0 * ops.kv_tile(d) * d * ACT_BYTES * math.ceil(blocks / (2 * hw.sm_count))
+                splitkv[i] = float(splits > 1)
+                combine_bytes[i] = splitkv[i] * splits * ops.combine_rows(d) * d * 4.0
     outside = np.where(head_dim != HEAD_DIM, f"head_dim != {HEAD_DIM}", "")
     return _frame({
         "source": source, "key": _keys(seqs, q, c, heads, kv_heads, head_dim), "ref": ref, "outside": outside,
         "flops": flops, "bytes": bytes_, "units": units, "blocks": blocks,
-        **({"walk_sms": walk_sms, "relayout": relayout} if op_class == "attention_decode" else {}),
+        **({"walk_bytes": walk_bytes, "relayout": relayout, "relayout_bytes": relayout_bytes, "splitkv": splitkv,
+            "combine_bytes": combine_bytes}
+           if op_class == "attention_decode" else {}),
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
         "latency_s": np.asarray(latency_s, dtype=float)})
 

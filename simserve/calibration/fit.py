@@ -64,7 +64,8 @@ FREE = {
 # L2 speedup to fit. Collectives move bytes only. Prefill attention's compute and memory time add up (free fits gave an
 # overlap exponent of 1.00 on A100 and 1.05 on H100), so the sum is fixed and the fifth parameter is occupancy.
 # Decode attention likewise adds compute (at the tensor peak: free fits gave overlap 1.01 and an unidentified
-# FLOP fraction) to memory time; its last two parameters are the launch-grid terms of ops.decode_attention_time.
+# FLOP fraction) to memory time; its last two parameters are the launch-grid terms of ops.decode_attention_time
+# (the KV-tile walk's per-block rate, and the cost of the regrouping copies and of the split-KV combine kernel).
 FIXED = {
     "attention_prefill": {"overlap_exponent": 1.0},
     "attention_decode": {"flops_fraction": 1.0, "overlap_exponent": 1.0},
@@ -76,17 +77,18 @@ FIXED = {
 
 def free_params(p: Points) -> tuple[str, ...]:
     """The fitted parameters of a point set: its class's ``FREE`` names, less the switch's all-reduce
-    bandwidth when no measured link reduces in the switch, and decode's per-block rate or relayout cost when
-    no measured kernel has as many query as KV heads or regroups its queries (they would change nothing)."""
+    bandwidth when no measured link reduces in the switch, decode's per-block rate when no measured kernel
+    walks more than one KV tile per block or splits its context, and its relayout cost when none regroups
+    its queries or splits its context (they would change nothing)."""
     names = FREE[p.op_class]
     if not p.switch.any():
         names = tuple(n for n in names if n != "switch_bandwidth_fraction")
     if p.op_class == "elementwise" and not p.l2_bytes.any():
         names = tuple(n for n in names if n != "l2_speedup")
     if p.op_class == "attention_decode":
-        if not p.walk_sms.any():
+        if not (p.walk_bytes.any() or p.combine_bytes.any()):
             names = tuple(n for n in names if n != "row_bandwidth_gb_s")
-        if not p.relayout.any():
+        if not (p.relayout.any() or p.splitkv.any()):
             names = tuple(n for n in names if n != "relayout_overhead_us")
     return names
 
@@ -117,18 +119,19 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s
     if params.get("splitk_latency_ns", 0.0):   # ops.gemm_time; GEMM points carry k in ``units``
         fixed_s = fixed_s + np.sqrt(p.units) * params["splitk_latency_ns"] * 1e-9
+    if p.op_class == "attention_decode":     # ops.decode_attention_time
+        over_s = params["overhead_us"] * 1e-6
+        out = over_s + np.maximum(np.exp(log_hi), p.units * (params.get("unit_overhead_ns", 0.0) * 1e-9))
+        if params.get("row_bandwidth_gb_s") is not None:
+            out = np.maximum(out, over_s + p.walk_bytes / (params["row_bandwidth_gb_s"] * 1e9))
+            out = out + p.combine_bytes / (params["row_bandwidth_gb_s"] * 1e9)
+        extra_s = params.get("relayout_overhead_us", 0.0) * 1e-6
+        copies_s = p.relayout_bytes / (p.bandwidth_bytes_s * params["bandwidth_fraction"])
+        copies_s = copies_s if extra_s > 0 else 0.0     # no copies without their fixed cost
+        return out + p.relayout * (extra_s + copies_s) + p.splitkv * extra_s
     if params.get("unit_overhead_ns", 0.0):
         fixed_s = fixed_s + p.units * params["unit_overhead_ns"] * 1e-9
-    out = fixed_s + np.exp(log_hi)
-    if p.op_class == "attention_decode":     # ops.decode_attention_time
-        walk = (p.walk_sms > 0) & (p.units > 0)
-        if params.get("row_bandwidth_gb_s") is not None and walk.any():
-            units = np.where(walk, p.units, 1.0)
-            waves = np.ceil(units / np.where(walk, p.walk_sms, 1.0))
-            walk_s = fixed_s + p.bytes / units / (params["row_bandwidth_gb_s"] * 1e9) * waves
-            out = np.where(walk, np.maximum(out, walk_s), out)
-        out = out + p.relayout * (params.get("relayout_overhead_us", 0.0) * 1e-6)
-    return out
+    return fixed_s + np.exp(log_hi)
 
 
 def source_weights(p: Points) -> np.ndarray:

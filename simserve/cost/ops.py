@@ -13,6 +13,7 @@ All-reduce follows vLLM: its custom one-/two-shot kernel for small messages insi
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -71,11 +72,17 @@ def prefill_blocks(num_heads: float, num_seqs: float, num_tokens: float) -> floa
 
 
 def occupancy(blocks, eff: OpEfficiency):
-    """Fraction of the GPU a kernel of ``blocks`` thread blocks keeps busy: ``min(1, blocks /
-    concurrent_blocks)``; 1 without ``concurrent_blocks`` or without a block count (``blocks <= 0``)."""
+    """Fraction of the GPU a kernel of ``blocks`` thread blocks keeps busy over its run. At most
+    ``concurrent_blocks`` blocks run at once, so the blocks run in ``ceil(blocks / concurrent_blocks)`` whole
+    waves and the busy fraction is ``blocks / (concurrent_blocks * waves)``: below one wave the idle SMs of
+    a small grid (``blocks / concurrent_blocks``), above it the part-empty last wave (wave quantisation,
+    as in CUTLASS's and FlashAttention's own launch heuristics). 1 without ``concurrent_blocks`` or without
+    a block count (``blocks <= 0``)."""
     if eff.concurrent_blocks is None:
         return np.ones_like(blocks, dtype=float) if isinstance(blocks, np.ndarray) else 1.0
-    return np.where(np.asarray(blocks) > 0, np.minimum(1.0, np.asarray(blocks) / eff.concurrent_blocks), 1.0)
+    b = np.asarray(blocks, dtype=float)
+    waves = np.maximum(1.0, np.ceil(b / eff.concurrent_blocks))
+    return np.where(b > 0, b / (eff.concurrent_blocks * waves), 1.0)
 
 
 def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
@@ -83,36 +90,114 @@ def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s:
     """A fused attention kernel: the roofline plus a fixed cost per work unit, one sequence times one head
     (query heads for prefill kernels, KV heads for decode kernels: the units their launch grids split by).
     ``blocks`` (prefill: :func:`prefill_blocks`) fewer than ``concurrent_blocks`` leave SMs idle, which
-    slows the compute part by :func:`occupancy` (computed here on scalars). With ``eff.unit_overhead_ns
+    slows the compute part by :func:`occupancy` (computed here on scalars), as does a part-empty last wave. With ``eff.unit_overhead_ns
     == 0`` and no ``concurrent_blocks`` this is :func:`roofline_s`."""
     overhead_s = eff.overhead_us * 1e-6 + work_units * eff.unit_overhead_ns * 1e-9
-    busy = 1.0 if eff.concurrent_blocks is None or blocks <= 0 else min(1.0, blocks / eff.concurrent_blocks)
+    busy = 1.0
+    if eff.concurrent_blocks is not None and blocks > 0:
+        busy = blocks / (eff.concurrent_blocks * max(1.0, math.ceil(blocks / eff.concurrent_blocks)))
     return _roofline(flops, bytes_, peak_flops_s * busy, bandwidth_bytes_s, eff, overhead_s)
+
+
+def kv_tile(head_dim: float) -> int:
+    """Keys per KV tile of FlashAttention-2's split-KV decode kernel (``kBlockN`` of its kernel traits:
+    256 up to head_dim 64, 128 up to 128, 64 above)."""
+    return 256 if head_dim <= 64 else 128 if head_dim <= 128 else 64
+
+
+@functools.lru_cache(maxsize=65536)
+def splitkv_splits(blocks: int, slots: int, tiles: int, max_splits: int = 128) -> int:
+    """How many parts FlashAttention-2 splits each block's KV walk into (``num_splits_heuristic`` of its
+    ``flash_api.cpp``, re-derived): none when the ``blocks`` (batch x KV heads x query tiles) nearly fill
+    the ``slots`` (two 128-thread blocks per SM) already; otherwise the fewest splits whose last wave is at
+    least 85% as full as the fullest, counting only split counts that change the tiles per split."""
+    if blocks >= 0.8 * slots:
+        return 1
+    top = min(max_splits, slots, tiles)
+    eff = []
+    for s in range(1, top + 1):
+        if s > 1 and -(-tiles // s) == -(-tiles // (s - 1)):
+            eff.append(0.0)
+            continue
+        waves = blocks * s / slots
+        eff.append(waves / math.ceil(waves))
+    best = max(eff, default=0.0)
+    for s, e in enumerate(eff, start=1):
+        if e > 0.0 and e >= 0.85 * best:
+            return s
+    return 1
+
+
+def combine_rows(head_dim: float) -> int:
+    """Output rows one block of FlashAttention-2's split-KV combine kernel merges (``kBlockM`` there: 4 when
+    head_dim is a multiple of 128, 8 of 64, else 16); it reads each split's partial rows in turn."""
+    return 4 if head_dim % 128 == 0 else 8 if head_dim % 64 == 0 else 16
+
+
+def decode_launch(num_seqs: float, num_heads: float, num_kv_heads: float, keys: float, head_dim: float,
+                  sm_count: float) -> tuple[float, float, int]:
+    """Launch grid of FlashAttention-2's decode kernel from per-batch sums: (thread blocks, KV tiles each
+    block walks, KV splits). ``keys`` is the batch's keys read (cached tokens plus the new one, summed), so
+    the context is the batch's mean. With grouped queries (``seqlenq_ngroups_swapped``) a block is one
+    (sequence, KV head, tile of 64 grouped queries), and the context is split by :func:`splitkv_splits`
+    over two blocks per SM; with as many query as KV heads one block per (sequence, head) walks it all."""
+    tile = kv_tile(head_dim)
+    tiles = max(1, math.ceil(keys / num_seqs / tile))
+    if num_heads > num_kv_heads:
+        blocks = num_seqs * num_kv_heads * math.ceil(num_heads / num_kv_heads / 64)
+        splits = splitkv_splits(int(blocks), int(2 * sm_count), int(tiles))
+        return blocks * splits, math.ceil(tiles / splits), splits
+    return num_seqs * num_kv_heads, tiles, 1
 
 
 def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_heads: float, num_kv_heads: float,
                           peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency,
-                          sm_count: float | None = None) -> OpTime:
-    """A decode attention kernel (FlashAttention-2 as vLLM runs it): :func:`attention_time` with one work
-    unit per (sequence, KV head), plus two launch-grid facts of that kernel. Grouped-query heads are
-    regrouped so a KV head's queries form one tile (``seqlenq_ngroups_swapped``); with more than one
-    sequence and more than one KV head that regrouping copies the queries in and the outputs back, two
-    extra kernels that cost ``relayout_overhead_us`` together. With as many query as KV heads there is no
-    regrouping and no split of the context: one thread block per (sequence, head) walks its whole
-    context at ``row_bandwidth_gb_s``, in waves of ``sm_count`` blocks, so few long sequences take far
-    longer than the DRAM roofline (the per-block bytes are the batch's mean)."""
+                          sm_count: float | None = None, keys: float = 0.0, head_dim: float = 128.0,
+                          act_bytes: float = 2.0, kv_bytes: float = 2.0) -> OpTime:
+    """A decode attention kernel (FlashAttention-2 as vLLM runs it), from its launch grid
+    (:func:`decode_launch`; ``keys``: the batch's keys read, summed).
+
+    - Each (sequence, KV head) work unit has a fixed cost (``unit_overhead_ns``: loading its queries and
+      block table, writing its output) that runs on the SMs alongside other blocks' KV streaming, so the
+      body is the larger of the roofline and the units' cost, not their sum.
+    - A block walks its KV tiles (:func:`kv_tile` keys each) one after another; the first is covered by the
+      kernel's fixed ``overhead_us``, every further one costs a tile's K and V at ``row_bandwidth_gb_s``,
+      in waves of two blocks per SM (``sm_count``), so few long sequences take longer than the roofline.
+    - Grouped-query heads are regrouped so a KV head's queries form one tile (``seqlenq_ngroups_swapped``);
+      with more than one sequence and more than one KV head that copies the queries in and the outputs
+      back, two extra kernels: ``relayout_overhead_us`` plus their bytes (each reads and writes the
+      queries or outputs) at the fitted DRAM rate. A profile without ``relayout_overhead_us`` (0) has no
+      such copies (a kernel that packs grouped queries itself).
+    - When the context is split (:func:`splitkv_splits`), a combine kernel merges the partial outputs: it
+      is charged ``relayout_overhead_us`` too (one more small kernel of the same kind), plus its blocks' walk
+      over the splits one after another, each split's fp32 partial rows (:func:`combine_rows` x head_dim x 4
+      bytes) at ``row_bandwidth_gb_s`` (one wave: a context is split only when the grid is small).
+    Without ``sm_count`` or ``keys`` there is no grid: the roofline-or-units body and the copies only.
+    ``act_bytes`` and ``kv_bytes``: bytes per query/output and per cached K or V value."""
     units = num_seqs * num_kv_heads
-    op = attention_time(flops, bytes_, units, peak_flops_s, bandwidth_bytes_s, eff)
-    regrouped = num_heads > num_kv_heads and num_seqs > 1 and num_kv_heads > 1
-    extra_s = eff.relayout_overhead_us * 1e-6 if regrouped else 0.0
-    time_s, bound = op.time_s, op.bound
-    if num_heads == num_kv_heads and eff.row_bandwidth_gb_s is not None and sm_count and units > 0:
-        waves = math.ceil(units / sm_count)
-        walk_s = (eff.overhead_us * 1e-6 + units * eff.unit_overhead_ns * 1e-9
-                  + bytes_ / units / (eff.row_bandwidth_gb_s * 1e9) * waves)
-        if walk_s > time_s:
-            time_s, bound = walk_s, MEMORY
-    return OpTime(time_s + extra_s, bound, flops, bytes_)
+    over_s = eff.overhead_us * 1e-6
+    unit_s = units * eff.unit_overhead_ns * 1e-9
+    compute_s = flops / (peak_flops_s * eff.flops_fraction)
+    memory_s = bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    roof_s = combine_s(compute_s, memory_s, eff.overlap_exponent)
+    bound = OVERHEAD if max(over_s, unit_s) > roof_s else COMPUTE if compute_s >= memory_s else MEMORY
+    time_s = over_s + max(roof_s, unit_s)
+    splits = 1
+    if sm_count and keys > 0 and units > 0:
+        blocks, walk_tiles, splits = decode_launch(num_seqs, num_heads, num_kv_heads, keys, head_dim, sm_count)
+        if eff.row_bandwidth_gb_s is not None and walk_tiles > 1:
+            tile_bytes = 2.0 * kv_tile(head_dim) * head_dim * kv_bytes
+            walk_s = over_s + (walk_tiles - 1) * tile_bytes / (eff.row_bandwidth_gb_s * 1e9) * math.ceil(blocks / (2 * sm_count))
+            if walk_s > time_s:
+                time_s, bound = walk_s, MEMORY
+    if eff.relayout_overhead_us > 0 and num_heads > num_kv_heads and num_seqs > 1 and num_kv_heads > 1:
+        copies = 4.0 * num_seqs * num_heads * head_dim * act_bytes
+        time_s += eff.relayout_overhead_us * 1e-6 + copies / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    if splits > 1:
+        time_s += eff.relayout_overhead_us * 1e-6
+        if eff.row_bandwidth_gb_s is not None:
+            time_s += splits * combine_rows(head_dim) * head_dim * 4.0 / (eff.row_bandwidth_gb_s * 1e9)
+    return OpTime(time_s, bound, flops, bytes_)
 
 
 def gemm_flops(m: float, n: float, k: float) -> float:

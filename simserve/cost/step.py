@@ -110,6 +110,7 @@ class RooflineStep:
         self._logits: dict = {}     # logits -> (final norm, LM head) kernels
         self._prefill: dict = {}    # a batch's prefill sums -> prefill attention kernel
         self._span: dict = {}       # (n, logits) -> decode_span's constants
+        self._grid: dict = {}       # (n, KV tiles) -> decode_span's launch-grid terms
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
@@ -171,7 +172,7 @@ class RooflineStep:
             fl = ops.decode_attention_flops(self.heads, d, keys)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
             out.append(ops.decode_attention_time(fl, by, b.decode_seqs, self.heads, self.kv_heads, pa, bw,
-                                                 e.attention_decode, self.hw.sm_count))
+                                                 e.attention_decode, self.hw.sm_count, keys, d, ab, kb))
         return out
 
     def _prefill_attention(self, b: BatchShape) -> ops.OpTime:
@@ -332,8 +333,9 @@ class RooflineStep:
             if len(self._span) >= CACHE_ENTRIES:
                 self._span.clear()
             constants = self._span[key] = self._span_constants(n, logits)
-        (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over, peak_f,
-         peak_b, p, walks, row_bw, waves, units, relayout_s, step_over) = constants
+        (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over, unit_s,
+         floor_s, peak_f, peak_b, p, grid, tile, copy_s, combine_fixed, step_over) = constants
+        last_tiles, walk_s, splits, merge_s = 0, None, 1, 0.0
         out = []
         for _ in range(count):
             fl = fl_per_key * ctx
@@ -345,14 +347,21 @@ class RooflineStep:
                     hi = hi * (1.0 + lo / hi)
                 else:
                     hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-            op_s = over + hi
-            bound = ops.OVERHEAD if over > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
-            if walks:
-                walk_s = over + by / units / row_bw * waves
-                if walk_s > op_s:
+            bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+            op_s = over + (unit_s if unit_s > hi else hi)
+            if grid:
+                tiles = max(1, ceil(ctx / n / tile))       # ops.decode_launch's, which depends only on it
+                if tiles != last_tiles:
+                    last_tiles = tiles
+                    walk_s, splits, merge_s = self._decode_grid(n, tiles, ctx)
+                if walk_s is not None and walk_s > op_s:
                     op_s, bound = walk_s, ops.MEMORY
-            if relayout_s is not None:
-                op_s = op_s + relayout_s
+            if copy_s is not None:
+                op_s += copy_s
+            if splits > 1:
+                op_s += combine_fixed
+                if merge_s:                      # without a walk rate, no combine walk
+                    op_s += merge_s
             t = L * op_s
             compute, memory, overhead = compute0, memory0, overhead0
             if bound == ops.OVERHEAD:
@@ -377,7 +386,8 @@ class RooflineStep:
         return out
 
     def _span_constants(self, n: int, logits: int) -> tuple:
-        """What :meth:`decode_span` computes once for ``n`` decoders of which ``logits`` sample."""
+        """What :meth:`decode_span` computes once for ``n`` decoders of which ``logits`` sample (see
+        ops.decode_attention_time for the terms)."""
         (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, logits)
         d, L = self.model.head_size, self.num_layers
         heads, kvh, kvb = self.heads, self.kv_heads, self.kv_value_bytes
@@ -385,11 +395,35 @@ class RooflineStep:
         by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
         e = self.hw.efficiency.attention_decode
         units = n * kvh
-        over = e.overhead_us * 1e-6 + units * e.unit_overhead_ns * 1e-9
+        over = e.overhead_us * 1e-6
+        unit_s = units * e.unit_overhead_ns * 1e-9
         peak_f, peak_b = self.attn_flops_s * e.flops_fraction, self.bw_bytes_s * e.bandwidth_fraction
-        sm = self.hw.sm_count
-        walks = bool(self.heads == self.kv_heads and e.row_bandwidth_gb_s is not None and sm and units > 0)
-        row_bw, waves = (e.row_bandwidth_gb_s * 1e9, ceil(units / sm)) if walks else (0.0, 0)  # see ops.decode_attention_time
-        relayout_s = e.relayout_overhead_us * 1e-6 if self.heads > self.kv_heads and n > 1 and kvh > 1 else None
-        return (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb,
-                over, peak_f, peak_b, e.overlap_exponent, walks, row_bw, waves, units, relayout_s, self.step_overhead_s)
+        grid = bool(self.hw.sm_count) and units > 0
+        copy_s = None
+        if e.relayout_overhead_us > 0 and heads > kvh and n > 1 and kvh > 1:
+            copy_s = e.relayout_overhead_us * 1e-6 + 4.0 * n * heads * d * self.prec.act_bytes / peak_b
+        combine_fixed = e.relayout_overhead_us * 1e-6    # the split-KV combine kernel
+        return (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over,
+                unit_s, max(over, unit_s), peak_f, peak_b, e.overlap_exponent, grid, ops.kv_tile(d), copy_s,
+                combine_fixed, self.step_overhead_s)
+
+    def _decode_grid(self, n: int, tiles: int, keys: int) -> tuple:
+        """:meth:`decode_span`'s launch-grid terms for ``n`` decoders whose mean context spans ``tiles`` KV
+        tiles (``keys`` read in all; the grid depends on them only through ``tiles``): the walk's time or
+        None, the KV splits, the combine kernel's walk over them. Cached."""
+        key = (n, tiles)
+        terms = self._grid.get(key)
+        if terms is None:
+            e, d, sm = self.hw.efficiency.attention_decode, self.model.head_size, self.hw.sm_count
+            blocks, walk_tiles, splits = ops.decode_launch(n, self.heads, self.kv_heads, keys, d, sm)
+            walk_s, merge_s = None, 0.0
+            if e.row_bandwidth_gb_s is not None:
+                row_bw, tile_bytes = e.row_bandwidth_gb_s * 1e9, 2.0 * ops.kv_tile(d) * d * self.kv_value_bytes
+                if walk_tiles > 1:
+                    walk_s = e.overhead_us * 1e-6 + (walk_tiles - 1) * tile_bytes / row_bw * ceil(blocks / (2 * sm))
+                if splits > 1:
+                    merge_s = splits * (ops.combine_rows(d) * d * 4.0) / row_bw   # each split's partial rows
+            if len(self._grid) >= CACHE_ENTRIES:
+                self._grid.clear()
+            terms = self._grid[key] = (walk_s, splits, merge_s)
+        return terms
