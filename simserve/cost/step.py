@@ -350,7 +350,7 @@ class RooflineStep:
             bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
             op_s = over + (unit_s if unit_s > hi else hi)
             if grid:
-                tiles = max(1, ceil(ctx / n / tile))       # ops.decode_launch's, which depends only on it
+                tiles = ceil(ctx / n / tile) or 1         # ops.decode_launch's max(1, ...): it depends only on it
                 if tiles != last_tiles:
                     last_tiles = tiles
                     walk_s, splits, merge_s = self._decode_grid(n, tiles, ctx)

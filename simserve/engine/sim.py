@@ -121,14 +121,15 @@ class Cluster:
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.outstanding = array("d")     # arrival time, requests in the system just after it, per arrival
         self._columns: tuple[list, list] | None = None   # prompt and output lengths as lists (_new)
+        self.max_model_len, self.block_size = resolved.max_model_len, resolved.memory.block_size
         self.stats = {"failure_events": 0, "spot_reclaims": 0, "requeued_requests": 0, "failure_rejected": 0}
 
     # --- request lifecycle -----------------------------------------------------------------------
     def submit(self, req: Request) -> None:
         self.requests.append(req)
-        if req.prompt_tokens + req.output_tokens > self.resolved.max_model_len:
+        if req.prompt_tokens + req.output_tokens > self.max_model_len:
             self._reject(req, "exceeds_max_model_len")
-        elif req.max_kv_blocks(self.resolved.memory.block_size) > self.engine_blocks:
+        elif req.max_kv_blocks(self.block_size) > self.engine_blocks:
             self._reject(req, "exceeds_kv_capacity")
         elif self.disaggregation is None:
             self._route(req)
