@@ -293,21 +293,36 @@ def streaming_s(num_tokens, flops, bytes_, per_token_blocks, reductions, launche
     speedup = getattr(eff, "l2_speedup", 1.0)
     in_l2 = 1.0
     if speedup != 1.0:
-        in_l2 = np.where(bytes_ / launches <= l2_bytes, 1.0 / speedup, 1.0)
+        in_l2 = _where(bytes_ / launches <= l2_bytes, 1.0 / speedup, 1.0)
         memory_s = memory_s * in_l2
     reduction_s = reductions * eff.reduction_overhead_us * 1e-6
     if eff.row_bandwidth_gb_s is not None and eff.concurrent_blocks is not None:
-        tokens = np.maximum(num_tokens, 1.0)
-        waves = np.maximum(1.0, tokens / eff.concurrent_blocks)
+        tokens = _maximum(num_tokens, 1.0)
+        waves = _maximum(1.0, tokens / eff.concurrent_blocks)
         row_s = bytes_ / tokens / (eff.row_bandwidth_gb_s * 1e9)
         # a norm's row walk (read, block-wide reduction, read again) is latency-bound: the barrier keeps
         # a block from overlapping its loads, so its rows too move l2_speedup times faster from L2
-        row_s = np.where(np.asarray(reductions) > 0, row_s * in_l2, row_s)
+        row_s = _where(reductions > 0, row_s * in_l2, row_s)
         row_s = (row_s + reduction_s) * waves
-        memory_s = np.where(per_token_blocks, np.maximum(memory_s, row_s), memory_s)
+        memory_s = _where(per_token_blocks, _maximum(memory_s, row_s), memory_s)
     else:
         memory_s = memory_s + reduction_s
-    return launches * eff.overhead_us * 1e-6 + np.maximum(compute_s, memory_s)
+    return launches * eff.overhead_us * 1e-6 + _maximum(compute_s, memory_s)
+
+
+def _where(condition, a, b):
+    """``np.where`` for arrays; for a scalar condition the same choice without numpy's per-call cost (the
+    step model prices one kernel at a time)."""
+    if isinstance(condition, np.ndarray):
+        return np.where(condition, a, b)
+    return a if condition else b
+
+
+def _maximum(a, b):
+    """``np.maximum`` for arrays, ``max`` for two scalars (the same value: IEEE doubles either way)."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.maximum(a, b)
+    return a if a >= b else b
 
 
 def elementwise_time(num_tokens: float, elements_per_token: float, kernel: StreamingKernel, act_bytes: float,
