@@ -132,9 +132,9 @@ class RooflineStep:
             ("rope", ops.elementwise_time(T, (self.heads + self.kv_heads) * d, ops.ROTARY, ab, pa, bw, e.elementwise, l2)),
             ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
         ]
-        allreduce = ops.allreduce_time(T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s,
-                                      e.allreduce, custom_kernel=self.intra_node_tp,
-                                      switch_reduction=self.switch_reduction)
+        allreduce = None if self.tp == 1 else ops.allreduce_time(
+            T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce,
+            custom_kernel=self.intra_node_tp, switch_reduction=self.switch_reduction)
         add = ops.elementwise_time(T, m.hidden_size, ops.RESIDUAL_ADD, ab, pa, bw, e.elementwise, l2)
         if self.tp > 1:
             out.append(("attn_allreduce", allreduce))
