@@ -15,7 +15,7 @@ PARTS = {
     "quiet iterations in spans, and the check for them (`Replica._fast_forward`, `quiet_ticks`)":
         ("Replica._fast_forward", "Scheduler.quiet_ticks"),
     "other iterations: scheduling (`ContinuousBatching.schedule`)": ("ContinuousBatching.schedule",),
-    "other iterations: step cost (`RooflineStep.step`)": ("RooflineStep.__call__",),
+    "other iterations: step cost (`RooflineStep.step`)": ("RooflineStep.step",),
     "other iterations: update and finishes (`Scheduler.update`)": ("Scheduler.update",),
     "arrivals and routing (`Cluster.open_loop`)": ("Cluster.open_loop",),
     "summary and per-request table (`summarize`, `requests_frame`)": ("summarize", "requests_frame"),
