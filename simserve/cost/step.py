@@ -323,10 +323,17 @@ class RooflineStep:
         default), with ``ctx``, ``ctx + n``, ``ctx + 2n``... keys read: what :meth:`general_step` gives for
         each, with the same operations in the same order (same bits; a test holds them equal), minus the
         kernel records and with what does not change hoisted out of the loop (and cached by ``n`` and
-        ``logits``: :meth:`_span_constants`). The hot path of decoding."""
+        ``logits``: :meth:`_span_constants`). The hot path of decoding; :meth:`decode_columns` gives the
+        same as four lists (what the replica's spans use)."""
+        return [StepCost(*c) for c in zip(*self.decode_columns(n, ctx, count, logits))]
+
+    def decode_columns(self, n: int, ctx: int, count: int, logits: int | None = None) -> tuple[list, list, list, list]:
+        """:meth:`decode_span` as columns: the iterations' times, bounds, FLOPs and bytes."""
         logits = n if logits is None else logits
         if self.window is not None:
-            return [self.general_step(BatchShape(n, n, logits, n, ctx + j * n)) for j in range(count)]
+            steps = [self.general_step(BatchShape(n, n, logits, n, ctx + j * n)) for j in range(count)]
+            return ([c.time_s for c in steps], [c.bound for c in steps], [c.flops for c in steps],
+                    [c.bytes for c in steps])
         key = (n, logits)
         constants = self._span.get(key)
         if constants is None:
@@ -336,7 +343,7 @@ class RooflineStep:
         (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over, unit_s,
          floor_s, peak_f, peak_b, p, grid, tile, copy_s, combine_fixed, step_over) = constants
         last_tiles, walk_s, splits, merge_s = 0, None, 1, 0.0
-        out = []
+        times, bounds, flops, bytes_ = [], [], [], []
         for _ in range(count):
             fl = fl_per_key * ctx
             by = by_fixed + 2.0 * (ctx - n) * kvh * d * kvb
@@ -381,9 +388,12 @@ class RooflineStep:
                 bound, top = NETWORK, network
             if overhead >= top:
                 bound = OVERHEAD
-            out.append(StepCost(time_s, bound, flops0 + L * fl, bytes0 + L * by))
+            times.append(time_s)
+            bounds.append(bound)
+            flops.append(flops0 + L * fl)
+            bytes_.append(bytes0 + L * by)
             ctx += n
-        return out
+        return times, bounds, flops, bytes_
 
     def _span_constants(self, n: int, logits: int) -> tuple:
         """What :meth:`decode_span` computes once for ``n`` decoders of which ``logits`` sample (see

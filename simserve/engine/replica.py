@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from heapq import heappush
 from typing import Callable
 
@@ -81,9 +82,9 @@ class Replica:
         self._down_since = 0.0
         self._step_start = 0.0
         self.spans = spans and getattr(scheduler, "fast_forward", False)
-        self.decode_span = getattr(step_cost, "decode_span", None) or (
-            lambda n, ctx, count: [step_cost(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)])
-        self._span: tuple[list, list] | None = None     # (costs, end times) of a span being slept through
+        self.decode_columns = getattr(step_cost, "decode_columns", None) or (
+            lambda n, ctx, count: _columns([step_cost(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)]))
+        self._span: tuple | None = None                  # (times, bounds, FLOPs, bytes, end times) of a span being slept through
         self._span_done = 0                              # of its iterations, those accounted for
         self._span_started = 0                           # of its iterations, those whose start is
         self._span_start = 0.0                           # when the span began
@@ -107,7 +108,7 @@ class Replica:
         moves to a new event at that end, as SimPy's own interrupt moves it: off the old event's
         callbacks (which then fires with nobody waiting), onto the new one's."""
         self._sleeping_span = False
-        ends = self._span[1]
+        ends = self._span[4]
         stop = bisect_left(ends, self.env.now) + 1
         self._span_stop = stop
         if stop < len(ends):
@@ -209,13 +210,10 @@ class Replica:
     def _fast_forward(self, ticks: int):
         """Sleep through ``ticks`` quiet iterations (or until a request arrives) and account for them."""
         env, sched = self.env, self.scheduler
-        costs = self.decode_span(sched.num_steady, sched.steady_ctx_plus_one(), ticks)
-        ends = []
-        t = env.now
-        for cost in costs:
-            t = t + cost.time_s                  # what SimPy's clock shows after each iteration's timeout
-            ends.append(t)
-        self._span, self._span_done, self._span_started = (costs, ends), 0, 0
+        times, bounds, flops, bytes_ = self.decode_columns(sched.num_steady, sched.steady_ctx_plus_one(), ticks)
+        ends = list(accumulate(times, initial=env.now))   # what SimPy's clock shows after each timeout
+        del ends[0]
+        self._span, self._span_done, self._span_started = (times, bounds, flops, bytes_, ends), 0, 0
         self._span_start = env.now
         self._span_stop = ticks                  # :meth:`_cut_span` may end it sooner
         self._sleeping_span = True
@@ -238,7 +236,7 @@ class Replica:
         then, and for the start of the one in progress (as the per-iteration loop would have)."""
         if self._span is None:
             return
-        ends = self._span[1]
+        ends = self._span[4]
         done = bisect_right(ends, now)
         self._account(done)
         if done < len(ends):
@@ -269,7 +267,7 @@ class Replica:
         do. The decoders are the same ``n`` throughout (they may finish only at the end of the span's
         last iteration), so the integer statistics are sums of arithmetic series; the floating-point ones
         are added one iteration at a time in the loop's order, so they have the same bits."""
-        costs, ends = self._span
+        times, bounds, flops_, bytes__, ends = self._span
         done = self._span_done
         if stop <= done:
             return
@@ -310,12 +308,12 @@ class Replica:
         bound_s = stats.bound_s
         busy_s, flops, bytes_ = stats.busy_s, stats.flops, stats.bytes
         for j in range(done, stop):
-            cost = costs[j]
-            time_s = cost.time_s
+            time_s = times[j]
             busy_s += time_s
-            flops += cost.flops
-            bytes_ += cost.bytes
-            bound_s[cost.bound] = bound_s.get(cost.bound, 0.0) + time_s
+            flops += flops_[j]
+            bytes_ += bytes__[j]
+            bound = bounds[j]
+            bound_s[bound] = bound_s.get(bound, 0.0) + time_s
             if j < last:
                 end = ends[j]
                 if sched._fresh:
@@ -332,6 +330,11 @@ class Replica:
         if stop > last:                               # decoders may finish in the span's last iteration
             for req in sched.update(Step(_NONE, _NONE, None, n), ends[last], itl):
                 self.on_finish(req)
+
+
+def _columns(costs: list[StepCost]) -> tuple[list, list, list, list]:
+    """Step costs as the columns ``RooflineStep.decode_columns`` gives."""
+    return ([c.time_s for c in costs], [c.bound for c in costs], [c.flops for c in costs], [c.bytes for c in costs])
 
 
 def _timeout_at(env: simpy.Environment, t: float) -> simpy.Event:
