@@ -31,8 +31,14 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
     def column(name: str, dtype) -> np.ndarray:
         return np.fromiter(map(attrgetter(name), rows), dtype, n)
     arrival, first, finish = column("arrival_s", float), column("first_token_s", float), column("finish_s", float)
-    gen = column("total_generated", np.int64)
-    out = column("output_tokens", np.int64) * column("num_outputs", np.int64)   # returned sequences (vLLM bench)
+    # Request.total_generated and num_outputs, a column at a time
+    n_seqs, out_tokens, own = column("n", np.int64), column("output_tokens", np.int64), column("num_generated", np.int64)
+    gen = np.where(out_tokens == 1, n_seqs * own, own)
+    for i, req in enumerate(rows):
+        if req.children and req.output_tokens != 1:
+            gen[i] += sum(c.num_generated for c in req.children)
+    outputs = np.where(column("beam", bool), 1, n_seqs)
+    out = out_tokens * outputs   # returned sequences (vLLM bench)
     first = np.where(first >= 0, first, np.nan)
     finish = np.where(finish >= 0, finish, np.nan)
     ttft = (first - arrival) * 1e3
