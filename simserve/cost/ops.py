@@ -153,7 +153,7 @@ def decode_launch(num_seqs: float, num_heads: float, num_kv_heads: float, keys: 
 def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_heads: float, num_kv_heads: float,
                           peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency,
                           sm_count: float | None = None, keys: float = 0.0, head_dim: float = 128.0,
-                          act_bytes: float = 2.0, kv_bytes: float = 2.0) -> OpTime:
+                          act_bytes: float = 2.0, kv_bytes: float = 2.0, launch: tuple | None = None) -> OpTime:
     """A decode attention kernel (FlashAttention-2 as vLLM runs it), from its launch grid
     (:func:`decode_launch`; ``keys``: the batch's keys read, summed).
 
@@ -173,6 +173,7 @@ def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_head
       over the splits one after another, each split's fp32 partial rows (:func:`combine_rows` x head_dim x 4
       bytes) at ``row_bandwidth_gb_s`` (one wave: a context is split only when the grid is small).
     Without ``sm_count`` or ``keys`` there is no grid: the roofline-or-units body and the copies only.
+    ``launch``: :func:`decode_launch`'s result for these arguments, when the caller has it at hand.
     ``act_bytes`` and ``kv_bytes``: bytes per query/output and per cached K or V value."""
     units = num_seqs * num_kv_heads
     over_s = eff.overhead_us * 1e-6
@@ -184,7 +185,8 @@ def decode_attention_time(flops: float, bytes_: float, num_seqs: float, num_head
     time_s = over_s + max(roof_s, unit_s)
     splits = 1
     if sm_count and keys > 0 and units > 0:
-        blocks, walk_tiles, splits = decode_launch(num_seqs, num_heads, num_kv_heads, keys, head_dim, sm_count)
+        blocks, walk_tiles, splits = launch or decode_launch(num_seqs, num_heads, num_kv_heads, keys, head_dim,
+                                                            sm_count)
         if eff.row_bandwidth_gb_s is not None and walk_tiles > 1:
             tile_bytes = 2.0 * kv_tile(head_dim) * head_dim * kv_bytes
             walk_s = over_s + (walk_tiles - 1) * tile_bytes / (eff.row_bandwidth_gb_s * 1e9) * math.ceil(blocks / (2 * sm_count))

@@ -111,6 +111,7 @@ class RooflineStep:
         self._prefill: dict = {}    # a batch's prefill sums -> prefill attention kernel
         self._span: dict = {}       # (n, logits) -> decode_span's constants
         self._grid: dict = {}       # (n, KV tiles) -> decode_span's launch-grid terms
+        self._launches: dict = {}   # (n, KV tiles) -> ops.decode_launch
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
@@ -171,8 +172,12 @@ class RooflineStep:
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
-            out.append(ops.decode_attention_time(fl, by, b.decode_seqs, self.heads, self.kv_heads, pa, bw,
-                                                 e.attention_decode, self.hw.sm_count, keys, d, ab, kb))
+            n = b.decode_seqs
+            launch = None
+            if self.hw.sm_count and keys > 0:
+                launch = self._launch(n, ceil(keys / n / ops.kv_tile(d)) or 1, keys)
+            out.append(ops.decode_attention_time(fl, by, n, self.heads, self.kv_heads, pa, bw,
+                                                 e.attention_decode, self.hw.sm_count, keys, d, ab, kb, launch))
         return out
 
     def _prefill_attention(self, b: BatchShape) -> ops.OpTime:
@@ -417,6 +422,17 @@ class RooflineStep:
                 unit_s, max(over, unit_s), peak_f, peak_b, e.overlap_exponent, grid, ops.kv_tile(d), copy_s,
                 combine_fixed, self.step_overhead_s)
 
+    def _launch(self, n: int, tiles: int, keys: int) -> tuple:
+        """``ops.decode_launch`` for ``n`` decoding sequences reading ``keys`` keys, whose mean context
+        spans ``tiles`` KV tiles (the grid depends on ``keys`` only through them). Cached."""
+        launch = self._launches.get((n, tiles))
+        if launch is None:
+            if len(self._launches) >= CACHE_ENTRIES:
+                self._launches.clear()
+            launch = self._launches[n, tiles] = ops.decode_launch(n, self.heads, self.kv_heads, keys,
+                                                                 self.model.head_size, self.hw.sm_count)
+        return launch
+
     def _decode_grid(self, n: int, tiles: int, keys: int) -> tuple:
         """:meth:`decode_span`'s launch-grid terms for ``n`` decoders whose mean context spans ``tiles`` KV
         tiles (``keys`` read in all; the grid depends on them only through ``tiles``): the walk's time or
@@ -425,7 +441,7 @@ class RooflineStep:
         terms = self._grid.get(key)
         if terms is None:
             e, d, sm = self.hw.efficiency.attention_decode, self.model.head_size, self.hw.sm_count
-            blocks, walk_tiles, splits = ops.decode_launch(n, self.heads, self.kv_heads, keys, d, sm)
+            blocks, walk_tiles, splits = self._launch(n, tiles, keys)
             walk_s, merge_s = None, 0.0
             if e.row_bandwidth_gb_s is not None:
                 row_bw, tile_bytes = e.row_bandwidth_gb_s * 1e9, 2.0 * ops.kv_tile(d) * d * self.kv_value_bytes
