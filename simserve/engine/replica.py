@@ -12,15 +12,16 @@ one go and sleeps once until the last one ends. Nothing anybody can observe chan
 iteration, so the per-iteration bookkeeping is done when the span ends. A request routed here meanwhile
 cuts the span short: the process wakes at the end of the iteration in progress instead and schedules
 the newcomer then, exactly when the one-event-per-iteration loop would have (arrivals are urgent
-events, so one arriving at the very end of an iteration is seen by the next schedule either way). The cluster enables spans only where nothing else reads a replica mid-span.
+events, so one arriving at the very end of an iteration is seen by the next schedule either way).
+The cluster enables spans only where nothing else reads a replica mid-span.
 """
 
 from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from itertools import accumulate
 from heapq import heappush
+from itertools import accumulate
 from typing import Callable
 
 import simpy
@@ -84,7 +85,7 @@ class Replica:
         self.spans = spans and getattr(scheduler, "fast_forward", False)
         self.decode_columns = getattr(step_cost, "decode_columns", None) or (
             lambda n, ctx, count: _columns([step_cost(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)]))
-        self._span: tuple | None = None                  # (times, bounds, FLOPs, bytes, end times) of a span being slept through
+        self._span: tuple | None = None                  # a span's (times, bounds, FLOPs, bytes, end times)
         self._span_done = 0                              # of its iterations, those accounted for
         self._span_started = 0                           # of its iterations, those whose start is
         self._span_start = 0.0                           # when the span began
