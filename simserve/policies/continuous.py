@@ -49,7 +49,10 @@ class ContinuousBatching(Scheduler):
             if reqs:
                 return self.make_step(reqs, news, acc, steady=False)   # a prefill-only iteration
         preempted = self.schedule_steady()
-        budget, more = self.schedule_active(budget - self.num_steady, reqs, news, acc)
+        budget -= self.num_steady
+        more = False
+        if self.active:                                  # (schedule_active of nobody changes nothing)
+            budget, more = self.schedule_active(budget, reqs, news, acc)
         if self.params.chunked_prefill and not (preempted or more):
             self._admit(budget, reqs, news, acc, whole=False)
         return self.make_step(reqs, news, acc)
@@ -59,7 +62,7 @@ class ContinuousBatching(Scheduler):
         ``whole``: a prompt must fit the remaining budget in one piece."""
         while self.waiting and budget > 0 and len(self.running) < self.params.max_num_seqs:
             req = self.waiting[0]
-            cached = self.attach_cached_prefix(req)
+            cached = self.attach_cached_prefix(req) if req.block_hashes is not None else 0
             n = req.num_tokens - req.num_computed
             if (whole and n > budget) or self.kv.allocate_slots(req.id, req.num_computed + min(n, budget)) is None:
                 self.detach_cached_prefix(req, cached)
