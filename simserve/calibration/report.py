@@ -15,7 +15,7 @@ WHY = {
     "gemm": "cuBLAS picks a different tile/split-K kernel per shape, so efficiency jumps by 10-20% between "
             "neighbouring shapes near the ridge point (m of 64-512) and for small weights; a smooth roofline "
             "follows the trend, not the jumps (fixed-tile wave quantisation was tried and was worse; a "
-            "sqrt(k) split-K latency is modelled).",
+            "sqrt(k) split-K latency and whole 64-row tiles in m are modelled).",
     "attention_prefill": "occupancy is modelled in whole waves (a kernel's query tiles x heads run "
                          "concurrent_blocks at a time, about 1.1 per SM on A100 and 1.5 on H100, so a small grid "
                          "leaves SMs idle and a part-empty last wave costs a whole one), but prompts of 64-128 "
@@ -120,6 +120,21 @@ def render_report_md(result) -> str:
         "p90 from 20.5% to 19.2% on A100 and from 19.7% to 16.0% on H100 (A40: unchanged); a latency linear "
         "in k gained half a point, one in log2(k) as much as sqrt(k) but with the fixed overhead fitted to "
         "zero on H100. MoE expert GEMMs (a fused grouped kernel) do not take this term.",
+        "- **GEMM row tiles** (`ops.gemm_rows`). A GEMM thread block multiplies a fixed tile of activation "
+        "rows, so a partial tile costs a whole one: the compute time counts m rounded up to a power of two up "
+        "to 64 rows (skinny products take the smallest tile that covers m) and to whole 64-row tiles above "
+        "(FLOPs reported stay the product's own). Vidur's per-layer timings show the staircase on all three "
+        "GPUs: at a fixed weight the time is flat in m inside a tile and steps when m passes a boundary (A100, "
+        "weights above 100 MB, relative to one row: x1.06 at 64 rows, x1.25 at 72-128, x1.7-1.9 at 136-256), "
+        "where the smooth roofline ramps through them, so decode layers of 96-128 tokens were over-predicted "
+        "and those of 129-160 under-predicted by 5-7% on every GPU. It took the same-stack decode layer error "
+        "(median/p90) from 4.8%/12.2% to 4.5%/9.9% on A100, 4.6%/12.6% to 4.5%/12.2% on H100 and 4.3%/12.5% "
+        "to 4.3%/12.0% on A40; held-out GEMM p90 on A100 19.2% -> 19.1%, H100 16.0% -> 16.3%, A40 16.4% -> "
+        "16.2%. Tried: 128-row tiles above 128 rows (H100's same-stack steps best: 3.6%/10.3% for all its "
+        "layers, but A100's vLLM GEMM p90 20.2% and its decode layers 12.4%), 64-row tiles from one row (A100 "
+        "decode 4.2%/10.1%, H100 no better), 32-row tiles (no gain), no padding below 64 rows (slightly worse "
+        "everywhere), and a hard max instead of the fitted overlap exponent (much worse: the tiles do not "
+        "replace it).",
         "- **All-reduce on a reducing switch.** Where the profile says the intra-node switch reduces "
         "(`interconnect.switch_reduction`: H100's third-generation NVSwitch, NVLink SHARP), NCCL's large "
         "messages take the faster of the ring (2(p-1)/p of the message per device) and NVLS (the switch sums "
