@@ -63,7 +63,7 @@ class OpEfficiency(Frozen):
     :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
     :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
-    GEMMs add ``splitk_latency_ns`` (see :func:`simserve.cost.ops.gemm_time`).
+    GEMMs add ``splitk_latency_ns`` and ``row_tile`` (see :func:`simserve.cost.ops.gemm_time`).
     Decode attention uses ``row_bandwidth_gb_s`` (a thread block's walk over its KV tiles) and
     ``relayout_overhead_us`` (the small kernels around it); its ``unit_overhead_ns`` runs alongside the
     roofline rather than after it (see :func:`simserve.cost.ops.decode_attention_time`).
@@ -97,6 +97,10 @@ class OpEfficiency(Frozen):
         default=0.0, ge=0,
         description="GEMM: latency that grows with the square root of the inner dimension k (split-K balances a "
                     "block's walk over k/splits against a reduction over splits), nanoseconds per sqrt(k)")
+    row_tile: int | None = Field(
+        default=None, gt=0,
+        description="GEMM: activation rows one thread block's tile covers; the compute time counts whole tiles "
+                    "(ops.gemm_rows); None: the rows themselves")
     hop_latency_scale: float = Field(
         default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
     relayout_overhead_us: float = Field(

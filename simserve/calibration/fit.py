@@ -46,7 +46,7 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
          "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
          "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None, "relayout_overhead_us": 0.0,
-         "l2_speedup": 1.0, "splitk_latency_ns": 0.0}
+         "l2_speedup": 1.0, "splitk_latency_ns": 0.0, "row_tile": None}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
@@ -66,7 +66,10 @@ FREE = {
 # Decode attention likewise adds compute (at the tensor peak: free fits gave overlap 1.01 and an unidentified
 # FLOP fraction) to memory time; its last two parameters are the launch-grid terms of ops.decode_attention_time
 # (the KV-tile walk's per-block rate, and the cost of the regrouping copies and of the split-KV combine kernel).
+# GEMMs compute whole tiles of 64 activation rows (ops.gemm_rows; smaller power-of-two tiles below 64 rows): a
+# kernel fact, the same on every device, not fitted.
 FIXED = {
+    "gemm": {"row_tile": 64},
     "attention_prefill": {"overlap_exponent": 1.0},
     "attention_decode": {"flops_fraction": 1.0, "overlap_exponent": 1.0},
     "elementwise": {"flops_fraction": 0.0625},
@@ -107,6 +110,8 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
                                p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params), p.l2_bytes)
     with np.errstate(divide="ignore"):
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
+        if p.op_class == "gemm" and params.get("row_tile") is not None:   # ops.gemm_time: whole row tiles
+            log_c = log_c + np.log(ops.gemm_rows(p.rows, params["row_tile"]) / p.rows)
         if params.get("concurrent_blocks") is not None:
             log_c = log_c - np.log(ops.occupancy(p.blocks, SimpleNamespace(**params)))
         log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])

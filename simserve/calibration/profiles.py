@@ -17,7 +17,7 @@ METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator clas
           "{basis}; 5-fold held-out error by shape, see docs/calibration.md")
 
 _DATAFLOW = ("assumption: the fractions of peak (and compute/memory overlap) of the measured H100; a statically "
-             "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero, its "
+             "compiled dataflow chip launches no kernels, so per-kernel and per-unit overheads are zero (and no GEMM row tiles), its "
              "streaming ops have no per-token thread blocks (the H100's full-bandwidth fraction applies), and its "
              "collectives pay one link latency per algorithm stage of its own links (no in-switch reduction)")
 # unmeasured device -> (device whose parameters it takes, why)
@@ -37,10 +37,10 @@ CARRY_OVER = {
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
            "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us",
-           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup", "splitk_latency_ns")
+           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup", "splitk_latency_ns", "row_tile")
 _DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
              "concurrent_blocks": None, "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None,
-             "relayout_overhead_us": 0.0, "l2_speedup": 1.0, "splitk_latency_ns": 0.0}
+             "relayout_overhead_us": 0.0, "l2_speedup": 1.0, "splitk_latency_ns": 0.0, "row_tile": None}
 
 
 def _num(v: float) -> str:
@@ -54,7 +54,7 @@ def _op_line(name: str, params: dict) -> str:
         v = params.get(f, _DEFAULTS.get(f))
         if f in _DEFAULTS and (v is None or (f != "overlap_exponent" and v == _DEFAULTS[f])):
             continue
-        parts.append(f"{f}: {_num(v)}")
+        parts.append(f"{f}: {int(v) if f == 'row_tile' else _num(v)}")
     return f"  {name}: {{{', '.join(parts)}}}"
 
 
@@ -140,7 +140,7 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
                      concurrent_blocks=None, reduction_overhead_us=0.0, switch_bandwidth_fraction=None,
-                     relayout_overhead_us=0.0, l2_speedup=1.0, splitk_latency_ns=0.0)
+                     relayout_overhead_us=0.0, l2_speedup=1.0, splitk_latency_ns=0.0, row_tile=None)
         out[oc] = q
     return out
 
