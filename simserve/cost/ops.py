@@ -128,6 +128,12 @@ def splitkv_splits(blocks: int, slots: int, tiles: int, max_splits: int = 128) -
     return 1
 
 
+def kv_tiles(keys: float, num_seqs: float, head_dim: float) -> int:
+    """KV tiles (:func:`kv_tile` keys each) in the batch's mean context, at least one: all the decode
+    launch grid knows of the context."""
+    return max(1, math.ceil(keys / num_seqs / kv_tile(head_dim)))
+
+
 def combine_rows(head_dim: float) -> int:
     """Output rows one block of FlashAttention-2's split-KV combine kernel merges (``kBlockM`` there: 4 when
     head_dim is a multiple of 128, 8 of 64, else 16); it reads each split's partial rows in turn."""
@@ -141,8 +147,7 @@ def decode_launch(num_seqs: float, num_heads: float, num_kv_heads: float, keys: 
     the context is the batch's mean. With grouped queries (``seqlenq_ngroups_swapped``) a block is one
     (sequence, KV head, tile of 64 grouped queries), and the context is split by :func:`splitkv_splits`
     over two blocks per SM; with as many query as KV heads one block per (sequence, head) walks it all."""
-    tile = kv_tile(head_dim)
-    tiles = max(1, math.ceil(keys / num_seqs / tile))
+    tiles = kv_tiles(keys, num_seqs, head_dim)
     if num_heads > num_kv_heads:
         blocks = num_seqs * num_kv_heads * math.ceil(num_heads / num_kv_heads / 64)
         splits = splitkv_splits(int(blocks), int(2 * sm_count), int(tiles))

@@ -175,7 +175,7 @@ class RooflineStep:
             n = b.decode_seqs
             launch = None
             if self.hw.sm_count and keys > 0:
-                launch = self._launch(n, ceil(keys / n / ops.kv_tile(d)) or 1, keys)
+                launch = self._launch(n, ops.kv_tiles(keys, n, d), keys)
             out.append(ops.decode_attention_time(fl, by, n, self.heads, self.kv_heads, pa, bw,
                                                  e.attention_decode, self.hw.sm_count, keys, d, ab, kb, launch))
         return out
@@ -362,7 +362,7 @@ class RooflineStep:
             bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
             op_s = over + (unit_s if unit_s > hi else hi)
             if grid:
-                tiles = ceil(ctx / n / tile) or 1         # ops.decode_launch's max(1, ...): it depends only on it
+                tiles = ceil(ctx / n / tile) or 1         # ops.kv_tiles, inlined: the grid depends only on it
                 if tiles != last_tiles:
                     last_tiles = tiles
                     walk_s, splits, merge_s = self._decode_grid(n, tiles, ctx)
