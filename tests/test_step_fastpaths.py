@@ -60,6 +60,27 @@ def test_decode_fast_path_matches_the_general_step(i, n, extra_logits, extra_ctx
     assert s.step(BatchShape(n, n, logits, n, ctx)) == general
 
 
+def plain_decode_attention(s: RooflineStep, n: int, keys: int) -> ops.OpTime:
+    """The decode attention kernel straight from ops (its launch grid worked out afresh)."""
+    d, ab, kb = s.model.head_size, s.prec.act_bytes, s.kv_value_bytes
+    fl = ops.decode_attention_flops(s.heads, d, keys)
+    by = ops.attention_bytes(s.heads, s.kv_heads, d, n, keys - n, ab, kb)
+    return ops.decode_attention_time(fl, by, n, s.heads, s.kv_heads, s.attn_flops_s, s.bw_bytes_s,
+                                     s.hw.efficiency.attention_decode, s.hw.sm_count, keys, d, ab, kb)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.sampled_from(range(len(STEPS))), st.integers(1, 512), st.integers(0, 400_000))
+def test_mixed_step_decode_attention_matches_ops(i, n, extra_ctx):
+    """A mixed iteration's decode kernel (hoisted constants, cached launch grid) is ops' own, bit for bit."""
+    s = STEPS[i]
+    if s.window is not None:
+        return
+    keys = n + extra_ctx
+    assert s._decode_attention(n, keys) == plain_decode_attention(s, n, keys)
+    assert s._decode_attention(n, keys) == plain_decode_attention(s, n, keys)   # constants from the cache
+
+
 @settings(max_examples=100, derandomize=True, deadline=None)
 @given(st.sampled_from(range(len(STEPS))), st.integers(1, 9000), st.integers(0, 300))
 def test_split_base_caches_match_one_pass(i, T, logits):

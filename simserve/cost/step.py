@@ -112,6 +112,7 @@ class RooflineStep:
         self._span: dict = {}       # (n, logits) -> decode_span's constants
         self._grid: dict = {}       # (n, KV tiles) -> decode_span's launch-grid terms
         self._launches: dict = {}   # (n, KV tiles) -> ops.decode_launch
+        self._attn: dict = {}       # n -> decode attention's constants
 
     def __call__(self, b: BatchShape) -> StepCost:
         return self.step(b)
@@ -169,6 +170,9 @@ class RooflineStep:
                 op = self._prefill[key] = self._prefill_attention(b)
             out.append(op)
         if b.decode_seqs:
+            if W is None:
+                out.append(self._decode_attention(b.decode_seqs, b.decode_ctx))
+                return out
             keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
             fl = ops.decode_attention_flops(self.heads, d, keys)
             by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
@@ -346,7 +350,7 @@ class RooflineStep:
                 self._span.clear()
             constants = self._span[key] = self._span_constants(n, logits)
         (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over, unit_s,
-         floor_s, peak_f, peak_b, p, grid, tile, copy_s, combine_fixed, step_over) = constants
+         floor_s, peak_f, peak_b, p, grid, tile, copy_s, combine_fixed, step_over) = constants   # (_span_constants)
         last_tiles, walk_s, splits, merge_s = 0, None, 1, 0.0
         times, bounds, flops, bytes_ = [], [], [], []
         for _ in range(count):
@@ -401,10 +405,19 @@ class RooflineStep:
         return times, bounds, flops, bytes_
 
     def _span_constants(self, n: int, logits: int) -> tuple:
-        """What :meth:`decode_span` computes once for ``n`` decoders of which ``logits`` sample (see
-        ops.decode_attention_time for the terms)."""
+        """What :meth:`decode_span` computes once for ``n`` decoders of which ``logits`` sample: the step
+        without attention and :meth:`_attention_constants`."""
         (compute0, memory0, network, overhead0), flops0, bytes0 = self._base(n, logits)
-        d, L = self.model.head_size, self.num_layers
+        return (compute0, memory0, network, overhead0, flops0, bytes0, self.num_layers,
+                *self._attention_constants(n), self.step_overhead_s)
+
+    def _attention_constants(self, n: int) -> tuple:
+        """The terms of ops.decode_attention_time that depend on ``n`` decoders only (see it for their
+        meaning), for :meth:`decode_columns` and :meth:`_decode_attention`. Cached by ``n``."""
+        constants = self._attn.get(n)
+        if constants is not None:
+            return constants
+        d = self.model.head_size
         heads, kvh, kvb = self.heads, self.kv_heads, self.kv_value_bytes
         fl_per_key = 4.0 * heads * d
         by_fixed = 2.0 * n * heads * d * self.prec.act_bytes + 2.0 * n * kvh * d * kvb
@@ -418,9 +431,39 @@ class RooflineStep:
         if e.relayout_overhead_us > 0 and heads > kvh and n > 1 and kvh > 1:
             copy_s = e.relayout_overhead_us * 1e-6 + 4.0 * n * heads * d * self.prec.act_bytes / peak_b
         combine_fixed = e.relayout_overhead_us * 1e-6    # the split-KV combine kernel
-        return (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over,
-                unit_s, max(over, unit_s), peak_f, peak_b, e.overlap_exponent, grid, ops.kv_tile(d), copy_s,
-                combine_fixed, self.step_overhead_s)
+        if len(self._attn) >= CACHE_ENTRIES:
+            self._attn.clear()
+        constants = self._attn[n] = (fl_per_key, by_fixed, kvh, d, kvb, over, unit_s, max(over, unit_s), peak_f,
+                                     peak_b, e.overlap_exponent, grid, ops.kv_tile(d), copy_s, combine_fixed)
+        return constants
+
+    def _decode_attention(self, n: int, keys: int) -> ops.OpTime:
+        """ops.decode_attention_time for ``n`` decoding sequences reading ``keys`` keys (no sliding window),
+        with the same operations in the same order (same bits; a test holds them equal) on the constants
+        cached by ``n``: the decode kernel of a mixed iteration. :meth:`decode_columns` runs the same
+        arithmetic inlined in its loop."""
+        (fl_per_key, by_fixed, kvh, d, kvb, over, unit_s, floor_s, peak_f, peak_b, p, grid, tile, copy_s,
+         combine_fixed) = self._attention_constants(n)
+        fl = fl_per_key * keys
+        by = by_fixed + 2.0 * (keys - n) * kvh * d * kvb
+        compute_s, memory_s = fl / peak_f, by / peak_b
+        hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
+        if p is not None and hi > 0.0:
+            hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+        bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+        op_s = over + (unit_s if unit_s > hi else hi)
+        splits = 1
+        if grid:
+            walk_s, splits, merge_s = self._decode_grid(n, ceil(keys / n / tile) or 1, keys)
+            if walk_s is not None and walk_s > op_s:
+                op_s, bound = walk_s, ops.MEMORY
+        if copy_s is not None:
+            op_s += copy_s
+        if splits > 1:
+            op_s += combine_fixed
+            if merge_s:
+                op_s += merge_s
+        return ops.OpTime(op_s, bound, fl, by)
 
     def _launch(self, n: int, tiles: int, keys: int) -> tuple:
         """``ops.decode_launch`` for ``n`` decoding sequences reading ``keys`` keys, whose mean context
