@@ -3,9 +3,14 @@ under a constant 10 ms step (worked by hand in the comments)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import yaml
 
 from simserve.engine.request import COMPLETED
+from simserve.engine import sim
 from simserve.engine.sim import Cluster
+from simserve.resources import data_dir
+from simserve.scenario import load_scenario
 from simserve.workload.specs import RequestSpecs
 
 from conftest import run_tiny, tiny_resolved, timeline
@@ -94,3 +99,42 @@ def test_prefix_affinity_without_prefix_hashes_is_least_outstanding():
     want = run_tiny(rows, deployment__replicas=2, deployment__router={"policy": "least_outstanding"})
     assert replicas_of(got) == replicas_of(want) == [0, 1, 1, 0, 1, 0]
     assert timeline(got) == timeline(want)
+
+
+# --- the request count routers read ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["quickstart", "parallel-sampling", "beam-search", "failures-and-spot",
+                                  "speculative-decoding", "preemption-swap", "dynamic-batching",
+                                  "static-batching", "pipeline-parallel-405b"])
+def test_outstanding_count_is_kept_on_every_path(name, monkeypatch):
+    """``Scheduler.num_outstanding`` is kept as requests come and go (arrival, finish, fork, timeout,
+    failure, speculative acceptance...), not counted: at every routing decision and at the end of the run
+    it equals the waiting plus running requests of every engine."""
+    def agree(cluster):
+        for rep in cluster.replicas:
+            for sched in getattr(rep.scheduler, "engines", [rep.scheduler]):
+                assert sched.num_outstanding == len(sched.waiting) + len(sched.running)
+        return True
+
+    route = Cluster._route
+    clusters = []
+
+    def checked(self, req, pool=None, router=None):
+        clusters.append(self) if not clusters else None
+        agree(self)
+        return route(self, req, pool, router)
+
+    monkeypatch.setattr(Cluster, "_route", checked)
+    if name == "failures-and-spot":          # compressed so that requests time out and a failure requeues
+        data = yaml.safe_load((data_dir("scenarios") / f"{name}.yaml").read_text())
+        data["workload"].update(limit=300, time_scale=0.01)
+        data["admission"] = {"request_timeout_s": 1.0}
+        data["failures"]["events"] = [{"replica": 0, "at_s": 0.8, "repair_s": 1}]
+        resolved = load_scenario(data)
+    else:
+        limit = "limit" if load_scenario(name).config.workload.kind == "trace" else "num_requests"
+        resolved = load_scenario(name, [f"workload.{limit}=300"])
+    rec = sim.run(resolved)
+    assert len(rec.requests) == 300 and agree(clusters[0])
+    if name == "failures-and-spot":
+        assert "timeout" in {r.reason for r in rec.requests} and sum(r.num_requeues for r in rec.requests) > 0

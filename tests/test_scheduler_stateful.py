@@ -62,6 +62,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         running = list(self.sched.running)
         places = waiting + running + sorted(self.finished)
         assert sorted(places) == sorted(self.requests), "a request was lost or duplicated"
+        assert self.sched.num_outstanding == len(waiting) + len(running)     # kept, not counted
         assert len(running) <= 4
 
     @invariant()

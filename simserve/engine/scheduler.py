@@ -118,6 +118,7 @@ class Scheduler:
         self._offload_copy_s = 0.0
         self.waiting: deque[Request] = deque()
         self.running: dict[int, Request] = {}     # admission order, steady and active alike
+        self.num_outstanding = 0                  # len(waiting) + len(running), kept as they change (routers read it)
         self.active: list[Request] = []           # running requests that are not steady, in order
         self.num_preemptions = 0
         self.num_steady = 0
@@ -160,10 +161,7 @@ class Scheduler:
     def add(self, req: Request) -> None:
         """A request routed to this replica joins the waiting queue."""
         self.waiting.append(req)
-
-    @property
-    def num_outstanding(self) -> int:
-        return len(self.waiting) + len(self.running)
+        self.num_outstanding += 1
 
     def attach_cached_prefix(self, req: Request) -> int:
         """Prefix caching: a request about to be admitted with nothing computed shares every cached
@@ -532,6 +530,7 @@ class Scheduler:
         for req in finished:
             del self.running[req.id]
             self.kv.free(req.id)
+        self.num_outstanding -= len(finished)
         if self._next_child_id != -1:            # some request forked: report groups, not sequences
             finished = self._completed(finished, now)
         if self.beams is not None:
@@ -558,6 +557,7 @@ class Scheduler:
             self._admitted += 1
             child.seq = self._admitted
             self.running[child.id] = child
+            self.num_outstanding += 1
             req.children.append(child)
             self._freeze(child, True)
         if self.beams is not None:
@@ -584,6 +584,7 @@ class Scheduler:
     def discard(self, req: Request) -> None:
         """Drop a waiting request (an admission timeout): its KV, on the device or the host, is freed."""
         self.waiting.remove(req)
+        self.num_outstanding -= 1
         self.kv.free(req.id)
         if self.swap is not None:
             self.swap.drop(req.id)
@@ -610,6 +611,7 @@ class Scheduler:
         self.running.clear()
         self.active.clear()
         self.waiting.clear()
+        self.num_outstanding = 0
         self._fresh.clear()
         self._block_due.clear()
         self._finish_due.clear()

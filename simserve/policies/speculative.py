@@ -188,6 +188,7 @@ class SpeculativeDecoding(ContinuousBatching):
             self.active.remove(req)
             del self.running[req.id]
             self.kv.free(req.id)
+        self.num_outstanding -= len(finished)
         return finished
 
     def _accept(self, drafts: list[int]) -> list[int]:
