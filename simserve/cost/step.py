@@ -363,7 +363,7 @@ class RooflineStep:
                     hi = hi * (1.0 + lo / hi)
                 else:
                     hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-            bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+            bound = OVERHEAD if floor_s > hi else COMPUTE if compute_s >= memory_s else MEMORY
             op_s = over + (unit_s if unit_s > hi else hi)
             if grid:
                 tiles = ceil(ctx / n / tile) or 1         # ops.kv_tiles, inlined: the grid depends only on it
@@ -371,7 +371,7 @@ class RooflineStep:
                     last_tiles = tiles
                     walk_s, splits, merge_s = self._decode_grid(n, tiles, ctx)
                 if walk_s is not None and walk_s > op_s:
-                    op_s, bound = walk_s, ops.MEMORY
+                    op_s, bound = walk_s, MEMORY
             if copy_s is not None:
                 op_s += copy_s
             if splits > 1:
@@ -380,9 +380,9 @@ class RooflineStep:
                     op_s += merge_s
             t = L * op_s
             compute, memory, overhead = compute0, memory0, overhead0
-            if bound == ops.OVERHEAD:
+            if bound == OVERHEAD:
                 overhead += t
-            elif bound == ops.COMPUTE:
+            elif bound == COMPUTE:
                 compute += t
             else:
                 memory += t
