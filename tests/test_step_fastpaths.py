@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from simserve.cost import ops
 from simserve.cost.batch import BatchShape
-from simserve.cost.step import BOUNDS, Precision, RooflineStep
+from simserve.cost.step import BOUNDS, Precision, RooflineStep, top_bound
 from simserve.hardware import load_profile
 from simserve.model import load_model
 from simserve.resources import data_dir
@@ -137,3 +137,10 @@ def test_decode_span_matches_the_general_step_for_any_overlap_exponent(p, n, ext
     s, fresh = make(), make()
     ctx = n + extra_ctx
     assert s.decode_span(n, ctx, count) == [fresh.general_step(BatchShape(n, n, n, n, ctx + j * n)) for j in range(count)]
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1e-6, 2e-6, 0.5, 3.0]), min_size=4, max_size=4))
+def test_top_bound_is_max_over_named_times(times):
+    """The step's bound class: the largest time, ties to the later name, as max(zip(...)) gives."""
+    assert top_bound(*times) == max(zip(times, BOUNDS))[1]

@@ -63,6 +63,19 @@ assert list(BOUNDS) == sorted(BOUNDS)
 CACHE_ENTRIES = 200_000
 
 
+def top_bound(compute_s: float, memory_s: float, network_s: float, overhead_s: float) -> str:
+    """The bound class that took the most time, a tie going to the later one in ``BOUNDS`` (name order):
+    ``max(zip(times, BOUNDS))[1]`` without building the tuples."""
+    bound, top = COMPUTE, compute_s
+    if memory_s >= top:
+        bound, top = MEMORY, memory_s
+    if network_s >= top:
+        bound, top = NETWORK, network_s
+    if overhead_s >= top:
+        bound = OVERHEAD
+    return bound
+
+
 class RooflineStep:
     """Step time of one replica of ``model`` on ``tp`` devices of ``hw``. Pure: no state between calls.
 
@@ -309,9 +322,9 @@ class RooflineStep:
         (compute, memory, network, overhead), flops, bytes_ = self._base(b.num_tokens, b.num_logits)
         L = self.num_layers
         for op in self._attention(b):
-            if op.bound == ops.COMPUTE:
+            if op.bound == COMPUTE:
                 compute += L * op.time_s
-            elif op.bound == ops.MEMORY:
+            elif op.bound == MEMORY:
                 memory += L * op.time_s
             else:
                 overhead += L * op.time_s
@@ -319,8 +332,7 @@ class RooflineStep:
             bytes_ += L * op.bytes
         overhead += self.step_overhead_s
         time_s = compute + memory + network + overhead
-        bound = max(zip((compute, memory, network, overhead), BOUNDS))[1]
-        return StepCost(time_s, bound, flops, bytes_)
+        return StepCost(time_s, top_bound(compute, memory, network, overhead), flops, bytes_)
 
     def decode_cost(self, n: int, logits: int, ctx: int) -> StepCost:
         """:meth:`step` of an iteration of ``n`` decoding sequences only (``ctx``: their keys read, the sum
@@ -388,9 +400,7 @@ class RooflineStep:
                 memory += t
             overhead += step_over
             time_s = compute + memory + network + overhead
-            # max(zip(times, BOUNDS))[1]: the largest time, a tie going to the later bound (BOUNDS is in
-            # name order)
-            bound, top = COMPUTE, compute
+            bound, top = COMPUTE, compute        # top_bound, inlined
             if memory >= top:
                 bound, top = MEMORY, memory
             if network >= top:
