@@ -59,6 +59,7 @@ class Precision:
 
 BOUNDS = (ops.COMPUTE, ops.MEMORY, ops.NETWORK, ops.OVERHEAD)     # in name order (decode_span relies on it)
 COMPUTE, MEMORY, NETWORK, OVERHEAD = BOUNDS
+BOUND_INDEX = {bound: i for i, bound in enumerate(BOUNDS)}
 assert list(BOUNDS) == sorted(BOUNDS)
 CACHE_ENTRIES = 200_000
 
@@ -274,16 +275,16 @@ class RooflineStep:
             if len(self._layers) >= CACHE_ENTRIES:
                 self._layers.clear()
             layers = self._layers[T] = self._layer_sums(T)
-        (compute, memory, network, overhead), flops, bytes_ = layers
-        totals = {ops.COMPUTE: compute, ops.MEMORY: memory, ops.NETWORK: network, ops.OVERHEAD: overhead}
+        times, flops, bytes_ = layers
+        totals = list(times)                      # in BOUNDS order
         for op in self._head(T, logits):
-            totals[op.bound] += 1 * op.time_s
+            totals[BOUND_INDEX[op.bound]] += 1 * op.time_s
             flops += 1 * op.flops
-            if op.bound != ops.NETWORK:
+            if op.bound != NETWORK:
                 bytes_ += 1 * op.bytes
         if len(self._cache) >= CACHE_ENTRIES:
             self._cache.clear()
-        base = self._cache[key] = (tuple(totals[k] for k in BOUNDS), flops, bytes_)
+        base = self._cache[key] = (tuple(totals), flops, bytes_)
         return base
 
     def _layer_sums(self, T: int) -> tuple:
