@@ -171,9 +171,6 @@ class RooflineStep:
         """With a sliding window W a query sees at most W keys and a chunk of q queries touches at most
         q + W - 1 of them. Only per-batch sums reach here, so the caps apply to the sums: exact when every
         sequence is on the same side of the window, an upper bound on the keys read otherwise."""
-        m, e = self.model, self.hw.efficiency
-        pa, bw, d, ab, kb = self.attn_flops_s, self.bw_bytes_s, m.head_size, self.prec.act_bytes, self.kv_value_bytes
-        W = self.window
         out = []
         if b.prefill_seqs:
             key = (b.prefill_seqs, b.prefill_tokens, b.prefill_q_ctx, b.prefill_q_sq, b.prefill_kv)
@@ -184,19 +181,23 @@ class RooflineStep:
                 op = self._prefill[key] = self._prefill_attention(b)
             out.append(op)
         if b.decode_seqs:
-            if W is None:
+            if self.window is None:
                 out.append(self._decode_attention(b.decode_seqs, b.decode_ctx))
-                return out
-            keys = b.decode_ctx if W is None else min(b.decode_ctx, b.decode_seqs * W)
-            fl = ops.decode_attention_flops(self.heads, d, keys)
-            by = ops.attention_bytes(self.heads, self.kv_heads, d, b.decode_seqs, keys - b.decode_seqs, ab, kb)
-            n = b.decode_seqs
-            launch = None
-            if self.hw.sm_count and keys > 0:
-                launch = self._launch(n, ops.kv_tiles(keys, n, d), keys)
-            out.append(ops.decode_attention_time(fl, by, n, self.heads, self.kv_heads, pa, bw,
-                                                 e.attention_decode, self.hw.sm_count, keys, d, ab, kb, launch))
+            else:
+                out.append(self._windowed_decode_attention(b))
         return out
+
+    def _windowed_decode_attention(self, b: BatchShape) -> ops.OpTime:
+        """The decode kernel of :meth:`_attention` with a sliding window: at most W keys per sequence."""
+        d, ab, kb, n = self.model.head_size, self.prec.act_bytes, self.kv_value_bytes, b.decode_seqs
+        keys = min(b.decode_ctx, n * self.window)
+        fl = ops.decode_attention_flops(self.heads, d, keys)
+        by = ops.attention_bytes(self.heads, self.kv_heads, d, n, keys - n, ab, kb)
+        launch = None
+        if self.hw.sm_count and keys > 0:
+            launch = self._launch(n, ops.kv_tiles(keys, n, d), keys)
+        return ops.decode_attention_time(fl, by, n, self.heads, self.kv_heads, self.attn_flops_s, self.bw_bytes_s,
+                                         self.hw.efficiency.attention_decode, self.hw.sm_count, keys, d, ab, kb, launch)
 
     def _prefill_attention(self, b: BatchShape) -> ops.OpTime:
         """The prefill attention kernel of :meth:`_attention` (cached there by the batch's prefill sums)."""
