@@ -174,7 +174,11 @@ def render_report_md(result) -> str:
         "per shape (and Hopper's stream-K scheduler splits work to fill the last wave), which one fixed tile does not "
         "follow. Taking the larger of the roofline and the sqrt(k) latency instead of their sum: H100 3.9%/12.2%, "
         "A100 vLLM GEMM p90 20.6%. No tiles below 64 rows on H100 (no wgmma shape has fewer): decode 3.7%/9.9% "
-        "against 4.0%/9.5%, all steps unchanged, so skinny products keep the power-of-two tiles.",
+        "against 4.0%/9.5%, all steps unchanged, so skinny products keep the power-of-two tiles. A fixed cost per "
+        "wave of tiles (`overhead_us` times the waves of `ceil(m/row_tile) ceil(n/tn)` tiles over `sm_count`: a "
+        "persistent thread block's per-tile prologue and epilogue): H100 3.8%/10.1% (tn 128) or 3.8%/10.3% "
+        "(tn 256), but A100's vLLM GEMM p90 22.4% or 20.2%, over its target. The sqrt(k) latency only for grids "
+        "below one wave (where a split of k pays): H100 3.6%/10.7%, A100 decode 4.7%/10.3%.",
         "- **All-reduce on a reducing switch.** Where the profile says the intra-node switch reduces "
         "(`interconnect.switch_reduction`: H100's third-generation NVSwitch, NVLink SHARP), NCCL's large "
         "messages take the faster of the ring (2(p-1)/p of the message per device) and NVLS (the switch sums "
