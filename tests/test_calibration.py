@@ -78,7 +78,6 @@ def test_folds_are_by_shape(dataset):
     assert sorted(set(folds)) == list(range(F.K_FOLDS))
 
 
-
 def test_gemm_row_tile_is_the_profiles_not_fitted(dataset):
     """GEMM points carry the device's documented row tile (profile gemm_row_tile, 128 on H100) and the fit
     fixes row_tile to it; devices without one keep the 64-row default. It is never a fitted parameter."""
@@ -88,6 +87,7 @@ def test_gemm_row_tile_is_the_profiles_not_fitted(dataset):
         assert set(p.tile_rows) == ({float(tile)} if hw.startswith("h100") else {0.0})
         sub = p.take(np.arange(0, len(p), max(1, len(p) // 400)))
         assert F.fit_points(sub)["row_tile"] == tile
+
 
 def test_fit_is_deterministic(result, dataset):
     p = _basis(dataset, "h100-sxm-80gb", "attention_decode")

@@ -22,7 +22,6 @@ def test_gemm_flops_and_bytes():
     assert ops.gemm_bytes(8, 6144, 4096, 2, 2) == 4096 * 6144 * 2 + (8 * 4096 + 8 * 6144) * 2
 
 
-
 def test_gemm_rows_staircase_per_row_tile():
     """Skinny products take the smallest power-of-two tile covering m; wider ones whole row tiles. With
     Hopper's 128-row tiles (H100 profile: gemm_row_tile) m of 129-256 all cost 256 rows, where 64-row tiles
@@ -41,6 +40,7 @@ def test_gemm_rows_staircase_per_row_tile():
     assert load_profile("h100-sxm-80gb").gemm_row_tile == 128 and load_profile("a100-sxm-80gb").gemm_row_tile is None
     assert load_profile("h100-sxm-80gb").efficiency.gemm.row_tile == 128
     assert load_profile("a100-sxm-80gb").efficiency.gemm.row_tile == 64
+
 
 def test_roofline_picks_the_slower_bound_and_adds_overhead():
     eff = OpEfficiency(flops_fraction=0.5, bandwidth_fraction=0.5, overhead_us=10)
