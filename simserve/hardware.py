@@ -143,6 +143,10 @@ class HardwareProfile(Frozen):
     l2_cache_mb: float | None = Field(default=None, gt=0,
                                       description="GPUs: L2 cache, 1e6 bytes (streaming kernels whose tensors fit in "
                                                   "it move them faster than DRAM); None: not modelled")
+    gemm_row_tile: int | None = Field(default=None, ge=1,
+                                      description="GPUs: activation rows of one thread block's tile in the device's "
+                                                  "dense GEMM kernels (ops.gemm_rows); None: 64, the calibration's "
+                                                  "default")
     memory: Memory | None = Field(default=None, description="Off-chip memory; absent on SRAM-only chips")
     sram: Sram | None = None
     host_link: Link = Field(description="Device <-> host memory link (PCIe or C2C)")

@@ -1,6 +1,7 @@
 """The step-time core against FLOPs and bytes worked out by hand."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from simserve.cost import ops
@@ -19,6 +20,26 @@ def test_gemm_flops_and_bytes():
     # 8 x 4096 @ 4096 x 6144 in bf16
     assert ops.gemm_flops(8, 6144, 4096) == 2 * 8 * 6144 * 4096
     assert ops.gemm_bytes(8, 6144, 4096, 2, 2) == 4096 * 6144 * 2 + (8 * 4096 + 8 * 6144) * 2
+
+
+def test_gemm_rows_staircase_per_row_tile():
+    """Skinny products take the smallest power-of-two tile covering m; wider ones whole row tiles. With
+    Hopper's 128-row tiles (H100 profile: gemm_row_tile) m of 129-256 all cost 256 rows, where 64-row tiles
+    step at 192."""
+    assert [ops.gemm_rows(m, 64) for m in (1, 3, 33, 64, 65, 128, 129, 192, 193, 256)] == \
+        [1, 4, 64, 64, 128, 128, 192, 192, 256, 256]
+    assert [ops.gemm_rows(m, 128) for m in (1, 3, 33, 64, 65, 128, 129, 192, 193, 256, 257)] == \
+        [1, 4, 64, 64, 128, 128, 256, 256, 256, 256, 384]
+    m = np.array([0.0, 33.0, 100.0, 136.0, 200.0, 257.0])
+    assert ops.gemm_rows(m, 128).tolist() == [0.0, 64.0, 128.0, 256.0, 256.0, 384.0]
+    # compute-bound: the time is flat inside a 128-row tile and steps when m passes it
+    eff = OpEfficiency(flops_fraction=1.0, bandwidth_fraction=1.0, overhead_us=0.0, row_tile=128)
+    t = [ops.gemm_time(m, 8192, 8192, 2, 2, 1e15, 1e15, eff).time_s for m in (136, 200, 256, 264)]
+    assert t[0] == t[1] == t[2] < t[3]
+    assert ops.gemm_time(136, 8192, 8192, 2, 2, 1e15, 1e15, eff).flops == ops.gemm_flops(136, 8192, 8192)
+    assert load_profile("h100-sxm-80gb").gemm_row_tile == 128 and load_profile("a100-sxm-80gb").gemm_row_tile is None
+    assert load_profile("h100-sxm-80gb").efficiency.gemm.row_tile == 128
+    assert load_profile("a100-sxm-80gb").efficiency.gemm.row_tile == 64
 
 
 def test_roofline_picks_the_slower_bound_and_adds_overhead():

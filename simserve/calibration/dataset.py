@@ -77,6 +77,7 @@ class Points:
     sms: np.ndarray                # streaming: the GPU's SMs (per-token rows run at once; fixes concurrent_blocks)
     l2_bytes: np.ndarray           # streaming: the device's L2 cache in bytes (ops.streaming_s); 0 elsewhere
     rows: np.ndarray               # GEMM: m, the activation rows (ops.gemm_rows pads them to whole tiles); 0 elsewhere
+    tile_rows: np.ndarray          # GEMM: the device's row tile (profile gemm_row_tile; fixes row_tile), 0 if not given
 
     def __len__(self) -> int:
         return len(self.latency_s)
@@ -93,7 +94,7 @@ class Points:
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
            "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_bytes", "relayout",
            "relayout_bytes", "splitkv", "combine_bytes", "sms",
-           "l2_bytes", "rows")
+           "l2_bytes", "rows", "tile_rows")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -131,7 +132,7 @@ def _frame(d: dict) -> pd.DataFrame:
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
             "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_bytes": 0.0, "relayout": 0.0,
             "relayout_bytes": 0.0, "splitkv": 0.0, "combine_bytes": 0.0,
-            "sms": 0.0, "l2_bytes": 0.0, "rows": 0.0}
+            "sms": 0.0, "l2_bytes": 0.0, "rows": 0.0, "tile_rows": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -154,7 +155,7 @@ def _gemm_frame(hw: HardwareProfile, source: str, m, n, k, latency_s, ref="") ->
         "source": source, "key": _keys(m, n, k), "ref": ref, "outside": outside,
         "flops": ops.gemm_flops(m, n, k), "bytes": ops.gemm_bytes(m, n, k, ACT_BYTES, ACT_BYTES),
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
-        "units": k, "rows": m, "latency_s": np.asarray(latency_s, dtype=float)})
+        "units": k, "rows": m, "tile_rows": float(hw.gemm_row_tile or 0), "latency_s": np.asarray(latency_s, dtype=float)})
 
 
 def vidur_layer_rows(ds: Dataset, hw: str) -> pd.DataFrame:

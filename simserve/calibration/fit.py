@@ -67,7 +67,8 @@ FREE = {
 # FLOP fraction) to memory time; its last two parameters are the launch-grid terms of ops.decode_attention_time
 # (the KV-tile walk's per-block rate, and the cost of the regrouping copies and of the split-KV combine kernel).
 # GEMMs compute whole tiles of 64 activation rows (ops.gemm_rows; smaller power-of-two tiles below 64 rows): a
-# kernel fact, the same on every device, not fitted.
+# kernel fact, not fitted. A device whose profile documents another tile (``gemm_row_tile``: H100's Hopper kernels
+# run 128-row tiles, see its profile's sources) uses that one instead (fit_points).
 FIXED = {
     "gemm": {"row_tile": 64},
     "attention_prefill": {"overlap_exponent": 1.0},
@@ -213,6 +214,8 @@ def fit_points(p: Points) -> dict:
 
     Large sets are first fitted on an evenly strided subset (fast), then polished on all points."""
     names, fixed = free_params(p), FIXED.get(p.op_class, {})
+    if p.op_class == "gemm" and p.tile_rows.any():
+        fixed = {**fixed, "row_tile": int(p.tile_rows.max())}
     if p.op_class == "elementwise" and p.sms.any():
         fixed = {**fixed, "concurrent_blocks": float(p.sms.max())}
     stride = -(-len(p) // SUBSET_POINTS)

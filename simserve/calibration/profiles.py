@@ -29,7 +29,7 @@ CARRY_OVER = {
                                         "apply to the H200's own peaks (HBM3e bandwidth), which is an assumption"),
     "b200-180gb": ("h100-sxm-80gb", "no Blackwell measurements; assumes Blackwell kernels reach the same fractions of "
                                     "their peaks and the same overheads as on the measured H100 (NVLS all-reduce "
-                                    "included, at the H100's fraction of NVLink5), and per-token "
+                                    "included, at the H100's fraction of NVLink5), the H100's 128-row GEMM tiles, and per-token "
                                     "streaming kernels the H100's per-block rate and concurrency (148 SMs against "
                                     "132: pessimistic; no l2_cache_mb in its profile, so no L2 speedup either)"),
     "groq-lpu": ("h100-sxm-80gb", _DATAFLOW),
