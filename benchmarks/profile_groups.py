@@ -12,8 +12,8 @@ import sys
 from collections import Counter
 
 PARTS = {
-    "quiet iterations in spans, and the check for them (`Replica._fast_forward`, `quiet_ticks`)":
-        ("Replica._fast_forward", "Scheduler.quiet_ticks"),
+    "quiet iterations in spans, and the check for them (`Replica._start_span`, `_end_span`, `quiet_ticks`)":
+        ("Replica._start_span", "Replica._end_span", "Scheduler.quiet_ticks"),
     "other iterations: scheduling (`ContinuousBatching.schedule`)": ("ContinuousBatching.schedule",),
     "other iterations: step cost (`RooflineStep.step`)": ("RooflineStep.step",),
     "other iterations: update and finishes (`Scheduler.update`)": ("Scheduler.update",),

@@ -24,12 +24,12 @@ def main() -> None:
     from simserve.policies.continuous import ContinuousBatching
     from simserve.scenario import load_scenario
     counts = Counter()
-    fast_forward, cut_span, schedule = replica.Replica._fast_forward, replica.Replica._cut_span, ContinuousBatching.schedule
+    start_span, cut_span, schedule = replica.Replica._start_span, replica.Replica._cut_span, ContinuousBatching.schedule
 
-    def counted_fast_forward(self, ticks):
+    def counted_start_span(self, ticks):
         counts["spans"] += 1
         counts["iterations priced by spans"] += ticks
-        return (yield from fast_forward(self, ticks))
+        return start_span(self, ticks)
 
     def counted_cut_span(self):
         cut_span(self)
@@ -41,7 +41,7 @@ def main() -> None:
         counts["iterations scheduled one at a time"] += step is not None
         return step
 
-    replica.Replica._fast_forward, replica.Replica._cut_span = counted_fast_forward, counted_cut_span
+    replica.Replica._start_span, replica.Replica._cut_span = counted_start_span, counted_cut_span
     ContinuousBatching.schedule = counted_schedule
     rec = sim.run(load_scenario(speed.scenario_b(args.requests)))
     print(f"case b at {args.requests:,} requests, {sum(r.stats.iterations for r in rec.replicas):,} iterations")

@@ -154,7 +154,12 @@ class Replica:
             if self.spans:
                 ticks = sched.quiet_ticks(SPAN_TICKS)
                 if ticks:
-                    yield from self._fast_forward(ticks)
+                    try:
+                        yield self._start_span(ticks)
+                    except simpy.Interrupt:
+                        self._lose_span()
+                        raise
+                    self._end_span()
                     continue
             step = sched.schedule()
             if step is None:
@@ -208,8 +213,10 @@ class Replica:
 
 
     # --- fast-forward -----------------------------------------------------------------------------
-    def _fast_forward(self, ticks: int):
-        """Sleep through ``ticks`` quiet iterations (or until a request arrives) and account for them."""
+    def _start_span(self, ticks: int) -> simpy.Event:
+        """Fast-forward: price the next ``ticks`` quiet iterations; the process sleeps on the returned event
+        until the last ends (or, cut short by an arrival, the one in progress then), then calls
+        :meth:`_end_span`."""
         env, sched = self.env, self.scheduler
         times, bounds, flops, bytes_ = self.decode_columns(sched.num_steady, sched.steady_ctx_plus_one(), ticks)
         ends = list(accumulate(times, initial=env.now))   # what SimPy's clock shows after each timeout
@@ -218,18 +225,23 @@ class Replica:
         self._span_start = env.now
         self._span_stop = ticks                  # :meth:`_cut_span` may end it sooner
         self._sleeping_span = True
-        try:
-            yield _timeout_at(env, ends[-1])
-        except simpy.Interrupt:                  # a failure: the iteration in progress is lost
-            self._sleeping_span = False
-            in_progress = bisect_left(ends, env.now)
-            self._account(in_progress)
-            self._account_start(in_progress)
-            self._step_start = ends[in_progress - 1] if in_progress else self._span_start
-            self._span = None
-            raise
+        return _timeout_at(env, ends[-1])
+
+    def _end_span(self) -> None:
+        """The span's last iteration ended: account for its iterations."""
         self._sleeping_span = False
         self._account(self._span_stop)
+        self._span = None
+
+    def _lose_span(self) -> None:
+        """A failure in the middle of a span: the iterations before the one in progress are accounted for,
+        and that one's start (it is lost)."""
+        self._sleeping_span = False
+        ends = self._span[4]
+        in_progress = bisect_left(ends, self.env.now)
+        self._account(in_progress)
+        self._account_start(in_progress)
+        self._step_start = ends[in_progress - 1] if in_progress else self._span_start
         self._span = None
 
     def flush(self, now: float) -> None:
