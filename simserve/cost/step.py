@@ -366,6 +366,7 @@ class RooflineStep:
         (compute0, memory0, network, overhead0, flops0, bytes0, L, fl_per_key, by_fixed, kvh, d, kvb, over, unit_s,
          floor_s, peak_f, peak_b, p, grid, tile, copy_s, combine_fixed, step_over) = constants   # (_span_constants)
         last_tiles, walk_s, splits, merge_s = 0, None, 1, 0.0
+        overhead1 = overhead0 + step_over        # the step's overhead time when attention is not overhead-bound
         times, bounds, flops, bytes_ = [], [], [], []
         for _ in range(count):
             fl = fl_per_key * ctx
@@ -393,14 +394,13 @@ class RooflineStep:
                 if merge_s:                      # without a walk rate, no combine walk
                     op_s += merge_s
             t = L * op_s
-            compute, memory, overhead = compute0, memory0, overhead0
-            if bound == OVERHEAD:
-                overhead += t
+            compute, memory, overhead = compute0, memory0, overhead1
+            if bound == MEMORY:
+                memory += t
             elif bound == COMPUTE:
                 compute += t
             else:
-                memory += t
-            overhead += step_over
+                overhead = overhead0 + t + step_over
             time_s = compute + memory + network + overhead
             bound, top = COMPUTE, compute        # top_bound, inlined
             if memory >= top:
