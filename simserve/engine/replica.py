@@ -357,10 +357,15 @@ def _timeout_at(env: simpy.Environment, t: float) -> simpy.Event:
     (same priority, next sequence number)."""
     if t < env.now:
         raise ValueError(f"cannot schedule at {t!r}, before now ({env.now!r})")
-    event = simpy.Event(env)
+    event = _Triggered.__new__(_Triggered)
+    event.env, event.callbacks = env, []         # Event.__init__, inlined as SimPy's Timeout does
     event._ok, event._value = True, None
     heappush(env._queue, (t, simpy.events.NORMAL, next(env._eid), event))
     return event
+
+
+class _Triggered(simpy.Event):
+    """An event made already triggered (successful, no value), as a timeout is: see :func:`_timeout_at`."""
 
 
 def _delay_until(now: float, t: float) -> float:

@@ -320,7 +320,7 @@ class Arrival(simpy.Event):
     the queue when the replica schedules the next one, whatever order the two events were created in."""
 
     def __init__(self, env: simpy.Environment, delay: float):
-        super().__init__(env)
+        self.env, self.callbacks = env, []       # Event.__init__, inlined as SimPy's Timeout does
         self._ok, self._value = True, None
         env.schedule(self, simpy.events.URGENT, delay)
 
