@@ -120,7 +120,7 @@ class Cluster:
         self.prefix_caching = cfg.kv_cache.enable_prefix_caching
         self.rng = rng if rng is not None else np.random.default_rng(cfg.seed)
         self.outstanding = array("d")     # arrival time, requests in the system just after it, per arrival
-        self._columns: tuple[list, list] | None = None   # prompt and output lengths as lists (_new)
+        self._columns: tuple | None = None   # prompt and output lengths as lists, sequences, beams (_new)
         self.max_model_len, self.block_size = resolved.max_model_len, resolved.memory.block_size
         self.stats = {"failure_events": 0, "spot_reclaims": 0, "requeued_requests": 0, "failure_rejected": 0}
 
@@ -230,12 +230,13 @@ class Cluster:
     def _new(self, i: int) -> Request:
         s = self.specs
         if self._columns is None:            # plain lists: indexing numpy arrays a million times is slow
-            self._columns = (s.prompt_tokens.tolist(), s.output_tokens.tolist())
-        prompts, outputs = self._columns
+            sampling = self.resolved.config.sampling
+            beams = sampling.beam_width > 1
+            self._columns = (s.prompt_tokens.tolist(), s.output_tokens.tolist(),
+                             sampling.beam_width if beams else sampling.n, beams)
+        prompts, outputs, n, beams = self._columns
         hashes = s.prefix_hashes[i] if s.prefix_hashes is not None else None
-        sampling = self.resolved.config.sampling
-        req = Request(i, self.env.now, prompts[i], outputs[i], hashes,
-                      sampling.beam_width if sampling.beam_width > 1 else sampling.n, sampling.beam_width > 1)
+        req = Request(i, self.env._now, prompts[i], outputs[i], hashes, n, beams)
         if self.prefix_caching:
             bs = self.resolved.memory.block_size
             if hashes is not None:
