@@ -150,3 +150,73 @@ def test_reassign_compares_every_position_not_a_common_prefix():
     assert kv.free(5) == 2 and kv.free(9) == 2
     kv.check()
     assert kv.num_used == 0
+
+
+class CountedMachine(RuleBasedStateMachine):
+    """Until block ids matter the manager only counts blocks (BlockManager._list hands out ids when they
+    first do). A counted manager and one listed from the start take the same allocations, frees,
+    reservations and claims and must answer every query alike; the counted one may be listed midway."""
+
+    def __init__(self):
+        super().__init__()
+        self.counted, self.listed = BlockManager(NUM_BLOCKS, BS), BlockManager(NUM_BLOCKS, BS)
+        self.listed._list()
+        self.tokens: dict[int, int] = {}
+        self.next_id = 0
+
+    def both(self, method, *args):
+        a, b = getattr(self.counted, method)(*args), getattr(self.listed, method)(*args)
+        assert a == b, (method, args, a, b)
+        return a
+
+    @rule(tokens=st.integers(1, 20))
+    def admit(self, tokens):
+        self.next_id += 1
+        if self.both("allocate_slots", self.next_id, tokens) is None:
+            self.both("free", self.next_id)
+        else:
+            self.tokens[self.next_id] = tokens
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data(), extra=st.integers(1, 6))
+    def append(self, data, extra):
+        rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        if self.both("allocate_slots", rid, self.tokens[rid] + extra) is not None:
+            self.tokens[rid] += extra
+
+    @precondition(lambda self: self.tokens)
+    @rule(data=st.data())
+    def free(self, data):
+        rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        del self.tokens[rid]
+        self.both("free", rid)
+
+    @precondition(lambda self: self.tokens and self.counted.num_unused > 0)
+    @rule(data=st.data())
+    def reserve_then_claim(self, data):
+        """A steady decoder's next block is reserved in bulk and claimed into its table later."""
+        rid = data.draw(st.sampled_from(sorted(self.tokens)))
+        self.both("reserve", 1)
+        assert self.counted.num_unused == self.listed.num_unused
+        if data.draw(st.booleans()):
+            self.tokens[rid] = self.counted.num_held(rid) * BS + 1
+            self.both("claim", rid, 1, self.tokens[rid])
+        else:
+            self.both("unreserve", 1)
+
+    @rule()
+    def list_ids(self):
+        self.counted._list()
+
+    @invariant()
+    def answers_agree(self):
+        for kv in (self.counted, self.listed):
+            kv.check()
+        for query in ("num_free", "num_used", "num_unused"):
+            assert getattr(self.counted, query) == getattr(self.listed, query), query
+        for rid in self.tokens:
+            assert self.counted.num_held(rid) == self.listed.num_held(rid) == -(-self.tokens[rid] // BS)
+
+
+TestCountedMachine = CountedMachine.TestCase
+TestCountedMachine.settings = settings(max_examples=200, stateful_step_count=30, deadline=None)

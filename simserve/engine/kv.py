@@ -39,12 +39,13 @@ class OffloadTier:
 
 class BlockManager:
     __slots__ = ("num_blocks", "block_size", "_free", "_cached", "_ref", "_hash", "_by_hash", "_tables",
-                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied", "reserved")
+                 "_tokens", "hits_tokens", "_sharing", "offload", "last_loaded", "num_copied", "reserved",
+                 "_listed", "_held", "_num_unlisted")
 
     def __init__(self, num_blocks: int, block_size: int, offload: OffloadTier | None = None):
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._free: list[int] = list(range(num_blocks - 1, -1, -1))   # pop() gives block 0 first
+        self._free: list[int] = []                                     # pop() gives the lowest id first (_list)
         self._cached: OrderedDict[int, None] = OrderedDict()           # refcount-0 blocks with a hash, LRU first
         self._ref = [0] * num_blocks
         self._hash: list[int | None] = [None] * num_blocks
@@ -57,6 +58,28 @@ class BlockManager:
         self.last_loaded = 0         # blocks the last attach_prefix copied back from the offload tier
         self.num_copied = 0          # copy-on-write copies of a shared, partly filled last block
         self.reserved = 0            # blocks handed out but in no block table yet (see reserve)
+        # Until a block's identity matters (sharing, or a caller asks for a table), blocks are only
+        # counted: every block has one owner and any free block serves as well as another, so a request's
+        # table is its number of blocks (_held) and the free list its length (_num_unlisted). _list()
+        # hands out block ids when they first matter; from then on the lists above are kept.
+        self._listed = False
+        self._held: dict[int, int] | None = {}
+        self._num_unlisted = num_blocks
+
+    def _list(self) -> None:
+        """From counts to block ids: each holder gets consecutive ids in the order it first allocated,
+        the rest are free (lowest first to be taken). While unshared, which ids a request holds changes
+        nothing: only how many."""
+        if self._listed:
+            return
+        tables, first = {}, 0
+        for request_id, held in self._held.items():
+            tables[request_id] = list(range(first, first + held))
+            first += held
+        self._tables = tables
+        self._free = list(range(self.num_blocks - 1, first - 1, -1))
+        self._held = None
+        self._listed = True
 
     def _share(self) -> None:
         """Blocks may be shared or cached from now on. Until this first happens reference counts are not
@@ -64,6 +87,7 @@ class BlockManager:
         from the block tables here."""
         if self.reserved:
             raise RuntimeError("blocks cannot be shared while reserved blocks are outstanding")
+        self._list()
         if not self._sharing:
             ref = [0] * self.num_blocks
             for table in self._tables.values():
@@ -76,19 +100,26 @@ class BlockManager:
     @property
     def num_free(self) -> int:
         """Blocks that can be handed out now (free or evictable cached)."""
+        if not self._listed:
+            return self._num_unlisted - self.reserved
         return len(self._free) + len(self._cached) - self.reserved
 
     @property
     def num_used(self) -> int:
+        if not self._listed:
+            return self.num_blocks - (self._num_unlisted - self.reserved)
         return self.num_blocks - (len(self._free) + len(self._cached) - self.reserved)   # num_free
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
     def num_held(self, request_id: int) -> int:
+        if not self._listed:
+            return self._held.get(request_id, 0)
         return len(self._tables.get(request_id, ()))
 
     def table(self, request_id: int) -> tuple[int, ...]:
+        self._list()
         return tuple(self._tables.get(request_id, ()))
 
     # --- allocation ------------------------------------------------------------------------------
@@ -114,6 +145,22 @@ class BlockManager:
         """Make room for ``num_tokens`` KV slots in total for the request. Returns the number of blocks
         newly taken, or None (changing nothing) when too few are free. Writing into a partly filled
         last block that another sequence shares copies it first (copy-on-write)."""
+        if not self._listed:                    # counted: one owner per block, nothing cached
+            held = self._held.get(request_id)
+            if held is None:
+                held = self._held[request_id] = 0
+                self._tokens[request_id] = 0
+            need = -(-num_tokens // self.block_size) - held
+            if need > 0:
+                if need > self._num_unlisted - self.reserved:
+                    return None
+                self._num_unlisted -= need
+                self._held[request_id] = held + need
+            else:
+                need = 0
+            if num_tokens > self._tokens[request_id]:
+                self._tokens[request_id] = num_tokens
+            return need
         table = self._tables.get(request_id)
         if table is None:
             table = self._tables[request_id] = []
@@ -155,6 +202,8 @@ class BlockManager:
     @property
     def num_unused(self) -> int:
         """Blocks in the free list and not reserved (not counting evictable cached ones)."""
+        if not self._listed:
+            return self._num_unlisted - self.reserved
         return len(self._free) - self.reserved
 
     def reserve(self, num_blocks: int) -> None:
@@ -170,7 +219,11 @@ class BlockManager:
     def claim(self, request_id: int, num_blocks: int, num_tokens: int) -> None:
         """``num_blocks`` reserved blocks go to the request's table, which then holds ``num_tokens``
         slots."""
-        if num_blocks:
+        if num_blocks and not self._listed:
+            self.reserved -= num_blocks
+            self._num_unlisted -= num_blocks
+            self._held[request_id] += num_blocks
+        elif num_blocks:
             self.reserved -= num_blocks
             free = self._free
             new = free[-num_blocks:]
@@ -182,6 +235,12 @@ class BlockManager:
     def free(self, request_id: int) -> int:
         """Release every block of the request (shared ones stay with their other owners). Returns how
         many blocks the request held."""
+        if not self._listed:
+            held = self._held.pop(request_id, None)
+            self._tokens.pop(request_id, None)
+            if held:
+                self._num_unlisted += held
+            return held or 0
         table = self._tables.pop(request_id, None)
         self._tokens.pop(request_id, None)
         if not table:
@@ -196,6 +255,7 @@ class BlockManager:
 
     def fork(self, parent_id: int, child_id: int) -> None:
         """The child shares every block of the parent (parallel sampling, beam search)."""
+        self._list()
         if child_id in self._tables:
             raise ValueError(f"request {child_id} already holds blocks")
         self._share()
@@ -234,6 +294,7 @@ class BlockManager:
         cached or in use; with an offload tier, blocks found only there are copied back into fresh
         device blocks (``last_loaded`` says how many). Returns the number of prompt tokens whose KV is
         thereby already computed."""
+        self._list()
         if self._tables.get(request_id):
             raise ValueError(f"request {request_id} already holds blocks")
         self._share()
@@ -278,6 +339,14 @@ class BlockManager:
 
     def check(self) -> None:
         """Assert the state invariants (tests)."""
+        if not self._listed:                 # counted: the counts add up; nothing shared or cached
+            assert not self._sharing and not self._cached and not self._tables and not self._free
+            assert all(held >= 0 for held in self._held.values())
+            assert sum(self._held.values()) + self._num_unlisted == self.num_blocks
+            assert 0 <= self.reserved <= self._num_unlisted
+            assert self._held.keys() == self._tokens.keys()
+            assert all(held == self.blocks_for(self._tokens[r]) for r, held in self._held.items())
+            return
         owners = [0] * self.num_blocks
         for table in self._tables.values():
             for block in table:
