@@ -110,7 +110,7 @@ class Replica:
         callbacks (which then fires with nobody waiting), onto the new one's."""
         self._sleeping_span = False
         ends = self._span[4]
-        stop = bisect_left(ends, self.env.now) + 1
+        stop = bisect_left(ends, self.env._now) + 1       # (env._now: env.now without a property call)
         self._span_stop = stop
         if stop < len(ends):
             proc = self.process
@@ -150,7 +150,7 @@ class Replica:
                 for req in expired(sched.waiting, env.now, self.timeout_s):
                     sched.discard(req)
                     self.on_timeout(req)
-            sched.now = env.now
+            sched.now = env._now
             if self.spans:
                 ticks = sched.quiet_ticks(SPAN_TICKS)
                 if ticks:
@@ -191,7 +191,7 @@ class Replica:
             stats.sum_running += len(sched.running)
             if len(sched.running) > stats.peak_running:
                 stats.peak_running = len(sched.running)
-            self._step_start = env.now
+            self._step_start = env._now
             yield env.timeout(time_s)
             self._step_start = -1.0
             stats.iterations += 1
@@ -208,7 +208,7 @@ class Replica:
             stats.padding_tokens += step.padding_tokens
             stats.wasted_slot_steps += step.idle_slots
             stats.bound_s[cost.bound] = stats.bound_s.get(cost.bound, 0.0) + time_s
-            for req in sched.update(step, env.now, self.itl_out):
+            for req in sched.update(step, env._now, self.itl_out):
                 self.on_finish(req)
 
 
@@ -219,10 +219,10 @@ class Replica:
         :meth:`_end_span`."""
         env, sched = self.env, self.scheduler
         times, bounds, flops, bytes_ = self.decode_columns(sched.num_steady, sched.steady_ctx_plus_one(), ticks)
-        ends = list(accumulate(times, initial=env.now))   # what SimPy's clock shows after each timeout
+        ends = list(accumulate(times, initial=env._now))  # what SimPy's clock shows after each timeout
         del ends[0]
         self._span, self._span_done, self._span_started = (times, bounds, flops, bytes_, ends), 0, 0
-        self._span_start = env.now
+        self._span_start = env._now
         self._span_stop = ticks                  # :meth:`_cut_span` may end it sooner
         self._sleeping_span = True
         return _timeout_at(env, ends[-1])
@@ -355,7 +355,7 @@ def _timeout_at(env: simpy.Environment, t: float) -> simpy.Event:
     always do it: ``now + (t - now)`` may round to a neighbour of ``t``, and no delay may round to ``t``.
     So the event goes on SimPy's queue at ``t`` itself, the way ``Environment.schedule`` puts it there
     (same priority, next sequence number)."""
-    if t < env.now:
+    if t < env._now:
         raise ValueError(f"cannot schedule at {t!r}, before now ({env.now!r})")
     event = _Triggered.__new__(_Triggered)
     event.env, event.callbacks = env, []         # Event.__init__, inlined as SimPy's Timeout does

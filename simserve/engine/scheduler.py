@@ -196,7 +196,7 @@ class Scheduler:
             self.admitted_prompt_tokens += req.num_tokens - req.num_computed
         else:
             self.prefix_hit_tokens += req.num_computed if req.block_hashes is not None else 0
-            self.admitted_prompt_tokens += req.num_tokens
+            self.admitted_prompt_tokens += req.prompt_tokens + req.num_generated     # req.num_tokens
         self._admitted += 1
         req.seq = self._admitted
         self.running[req.id] = req
@@ -512,7 +512,7 @@ class Scheduler:
             req.num_computed += n
             if req.block_hashes:
                 self.kv.register_prefix(req.id, req.block_hashes, req.num_computed)
-            if req.num_computed < req.num_tokens:
+            if req.num_computed < req.prompt_tokens + req.num_generated:      # req.num_tokens
                 continue                      # a prefill chunk that has not reached the end
             req.num_generated += 1
             if req.first_token_s < 0:

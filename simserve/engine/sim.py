@@ -135,7 +135,7 @@ class Cluster:
             self._route(req)
         else:
             self._prefill(req)
-        self.outstanding.extend((self.env.now, len(self.requests) - self.num_done))
+        self.outstanding.extend((self.env._now, len(self.requests) - self.num_done))   # env.now, no property call
 
     def _route(self, req: Request, pool: list[Replica] | None = None, router=None) -> None:
         """Send ``req`` to an open replica of ``pool`` chosen by ``router`` (default: the cluster's, or the
@@ -248,8 +248,8 @@ class Cluster:
     def open_loop(self):
         env, new, submit = self.env, self._new, self.submit
         for i, t in enumerate(self.specs.arrival_s.tolist()):
-            if t > env.now:
-                yield Arrival(env, t - env.now)
+            if t > env._now:                       # env.now, without a property call
+                yield Arrival(env, t - env._now)
             submit(new(i))
 
     def user(self, next_index: list[int]):

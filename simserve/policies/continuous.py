@@ -63,7 +63,7 @@ class ContinuousBatching(Scheduler):
         while self.waiting and budget > 0 and len(self.running) < self.params.max_num_seqs:
             req = self.waiting[0]
             cached = self.attach_cached_prefix(req) if req.block_hashes is not None else 0
-            n = req.num_tokens - req.num_computed
+            n = req.prompt_tokens + req.num_generated - req.num_computed     # req.num_tokens - ...
             if (whole and n > budget) or self.kv.allocate_slots(req.id, req.num_computed + min(n, budget)) is None:
                 self.detach_cached_prefix(req, cached)
                 break
