@@ -226,8 +226,8 @@ def gemm_rows(m, row_tile: int | None):
     a fixed weight the time is flat in ``m`` inside a tile and steps up when ``m`` passes a tile boundary
     (A100, weights above 100 MB, relative to one row: x1.06 at 64 rows, x1.25 at 72-128, x1.7-1.9 at
     136-256). ``row_tile`` is the device's kernel fact (``OpEfficiency.row_tile``, from the hardware profile's
-    ``gemm_row_tile``: 128 on Hopper, whose cooperative warp-specialised kernels share one tile of at least 128
-    rows between two 64-row warpgroup MMAs; 64 otherwise). ``row_tile`` None: ``m`` itself. Scalars or numpy
+    ``gemm_row_tile``: 128 on Hopper, whose cuBLAS kernels in vLLM's own H100 trace tile the tokens 128 at a
+    time; 64 otherwise). ``row_tile`` None: ``m`` itself. Scalars or numpy
     arrays; ``m <= 0`` gives 0."""
     if row_tile is None:
         return m
