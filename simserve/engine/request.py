@@ -69,7 +69,7 @@ class Request:
         shared once; every sequence holds its own blocks beyond them, including its copy of a partly
         filled last prompt block (copy-on-write). A single output token is sampled without a fork. For beams
         it is an upper bound: a beam that takes over another shares that beam's full blocks."""
-        blocks = -(-self.max_kv_tokens // block_size)
+        blocks = -(-(self.prompt_tokens + self.output_tokens - 1) // block_size)   # max_kv_tokens
         if self.n == 1 or self.output_tokens == 1:
             return blocks
         shared = self.prompt_tokens // block_size
