@@ -145,3 +145,11 @@ def test_decode_span_matches_the_general_step_for_any_overlap_exponent(p, n, ext
 def test_top_bound_is_max_over_named_times(times):
     """The step's bound class: the largest time, ties to the later name, as max(zip(...)) gives."""
     assert top_bound(*times) == max(zip(times, BOUNDS))[1]
+
+
+@pytest.mark.parametrize("i", range(len(STEPS)))
+@pytest.mark.parametrize("n, ctx", [(7, 7 * 127 + 3), (1, 120), (33, 33 * 255 - 1), (64, 64 * 128 - 64 * 8)])
+def test_decode_span_across_kv_tile_boundaries(i, n, ctx):
+    """A span whose mean context crosses whole KV tiles (the launch grid changes within it)."""
+    s = STEPS[i]
+    assert s.decode_span(n, ctx, 16) == [s.general_step(BatchShape(n, n, n, n, ctx + j * n)) for j in range(16)]

@@ -381,10 +381,12 @@ class RooflineStep:
             bound = OVERHEAD if floor_s > hi else COMPUTE if compute_s >= memory_s else MEMORY
             op_s = over + (unit_s if unit_s > hi else hi)
             if grid:
-                tiles = ceil(ctx / n / tile) or 1         # ops.kv_tiles, inlined: the grid depends only on it
-                if tiles != last_tiles:
-                    last_tiles = tiles
-                    walk_s, splits, merge_s = self._decode_grid(n, tiles, ctx)
+                # ops.kv_tiles, inlined: the grid depends only on it. ctx / n / tile only grows (ctx does, and
+                # rounded division is monotonic), so its ceiling changes only once it passes the last one.
+                x = ctx / n / tile
+                if x > last_tiles:
+                    last_tiles = ceil(x)
+                    walk_s, splits, merge_s = self._decode_grid(n, last_tiles, ctx)
                 if walk_s is not None and walk_s > op_s:
                     op_s, bound = walk_s, MEMORY
             if copy_s is not None:

@@ -296,12 +296,15 @@ class Replica:
             kv, by_class = sched.kv, sched._by_class  # spans run only with blocks counted by class
             bs = len(by_class)
             used = kv.num_used
-            taken = extra = 0
-            for t in range(tick0 + first, tick0 + stop):
-                need = by_class[-t % bs]              # Scheduler._schedule_by_class, inlined: quiet, so
-                if need:                              # the blocks are always at hand
-                    taken += need
-                    extra += need * (tick0 + stop - t)   # in use from this iteration on
+            if stop - first == 1:                     # Scheduler._schedule_by_class, inlined: quiet, so
+                taken = extra = by_class[-(tick0 + first) % bs]   # the blocks are always at hand
+            else:
+                taken = extra = 0
+                for t in range(tick0 + first, tick0 + stop):
+                    need = by_class[-t % bs]
+                    if need:
+                        taken += need
+                        extra += need * (tick0 + stop - t)   # in use from this iteration on
             if taken:
                 kv.reserve(taken)
             sched._kv_tick = tick0 + stop - 1
