@@ -231,8 +231,9 @@ class Scheduler:
         """By class: the blocks ``req`` took since its freeze go from the reserve into its table (or,
         ``release``, straight back: it finished and its table is freed next)."""
         kv = self.kv
-        tokens = req.c0 + max(self._kv_tick, req.k0 - 1) - req.k0 + 1
-        extra = kv.blocks_for(tokens) - kv.num_held(req.id)
+        kv_tick = self._kv_tick if self._kv_tick > req.k0 - 1 else req.k0 - 1      # max(...)
+        tokens = req.c0 + kv_tick - req.k0 + 1
+        extra = -(-tokens // kv.block_size) - kv.num_held(req.id)                  # kv.blocks_for(tokens) - ...
         if extra > 0:
             if release:
                 kv.unreserve(extra)
@@ -334,10 +335,14 @@ class Scheduler:
         record for those not frozen since the last tick). Returns the (request, version) entries due to
         finish in it."""
         fresh = self._fresh
-        for req in fresh:
-            itl.add(now - req.last_token_s)
+        if fresh:
+            values, counts = itl.values, itl.counts      # ItlRecorder.add, inlined
+            for req in fresh:
+                values.append(now - req.last_token_s)
+                counts.append(1)
         if num_steady > len(fresh):
-            itl.add(now - self.tick_end_s, num_steady - len(fresh))
+            itl.values.append(now - self.tick_end_s)
+            itl.counts.append(num_steady - len(fresh))
         fresh.clear()
         t = self.tick
         self.tick += 1
