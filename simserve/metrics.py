@@ -85,7 +85,11 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, p: float) -> flo
     """``np.percentile`` (linear) of the array in which ``values[i]`` appears ``counts[i]`` times,
     without building that array."""
     order = np.argsort(values, kind="stable")
-    v, cum = values[order], np.cumsum(counts[order])
+    return _sorted_percentile(values[order], np.cumsum(counts[order]), p)
+
+
+def _sorted_percentile(v: np.ndarray, cum: np.ndarray, p: float) -> float:
+    """:func:`weighted_percentile` of records sorted by value, ``cum`` the running sum of their counts."""
     rank = p / 100.0 * (cum[-1] - 1)
     lo = int(np.floor(rank))
     hi = min(lo + 1, int(cum[-1]) - 1)
@@ -94,19 +98,30 @@ def weighted_percentile(values: np.ndarray, counts: np.ndarray, p: float) -> flo
     return float(v_lo + (v_hi - v_lo) * (rank - lo))
 
 
+def sorted_records(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The (value, count) records in increasing order of value, then count (what ``np.lexsort((counts,
+    values))`` orders them by), as two arrays. Sorted as complex numbers, which numpy orders by real part
+    and then imaginary part: one sort instead of lexsort's two passes (less than half the time on a
+    million-request run's records); values and counts (below 2**53) are held exactly."""
+    z = np.empty(len(values), dtype=np.complex128)
+    z.real, z.imag = values, counts
+    z.sort()
+    return z.real.copy(), z.imag.astype(np.int64)
+
+
 def _weighted_stats(name: str, values: np.ndarray, counts: np.ndarray) -> dict:
     if counts.sum() == 0:
         return _stats(name, np.array([]))
     # records sorted by (value, count) first: the sums then depend only on the multiset of records, not
     # on the order in which replicas happened to report them
-    order = np.lexsort((counts, values))
-    values, counts = values[order], counts[order]
+    values, counts = sorted_records(values, counts)
     total = counts.sum()
     mean = float(np.dot(values, counts) / total)
-    out = {f"mean_{name}_ms": _f(mean), f"median_{name}_ms": _f(weighted_percentile(values, counts, 50)),
+    cum = np.cumsum(counts)                   # sorted already: weighted_percentile without its sort
+    out = {f"mean_{name}_ms": _f(mean), f"median_{name}_ms": _f(_sorted_percentile(values, cum, 50)),
            f"std_{name}_ms": _f(np.sqrt(np.dot(counts, (values - mean) ** 2) / total))}
     for p in PERCENTILES[1:]:
-        out[f"p{p}_{name}_ms"] = _f(weighted_percentile(values, counts, p))
+        out[f"p{p}_{name}_ms"] = _f(_sorted_percentile(values, cum, p))
     return out
 
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from simserve.engine import sim
-from simserve.metrics import weighted_percentile
+from simserve.metrics import sorted_records, weighted_percentile
 from simserve.policies import SCHEDULERS
 
 from conftest import run_tiny
@@ -66,3 +66,14 @@ def test_weighted_percentile_equals_numpy_on_the_expanded_array(p):
     counts = rng.integers(1, 9, size=50)
     expanded = np.repeat(values, counts)
     assert weighted_percentile(values, counts, p) == pytest.approx(np.percentile(expanded, p), rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=150, derandomize=True, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.25, 1e-3, 7.5, 1e-9, 3.0e4]), st.integers(1, 600)), min_size=1, max_size=60))
+def test_records_sorted_as_lexsort_sorts_them(records):
+    """The ITL summary sorts (value, count) records with one complex sort; lexsort's order, exactly."""
+    values = np.array([v for v, _ in records], dtype=float)
+    counts = np.array([c for _, c in records], dtype=np.int64)
+    order = np.lexsort((counts, values))
+    got_values, got_counts = sorted_records(values, counts)
+    assert got_values.tobytes() == values[order].tobytes() and got_counts.tolist() == counts[order].tolist()
