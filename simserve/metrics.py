@@ -34,9 +34,8 @@ def requests_frame(rec: RunRecord) -> pd.DataFrame:
     # Request.total_generated and num_outputs, a column at a time
     n_seqs, out_tokens, own = column("n", np.int64), column("output_tokens", np.int64), column("num_generated", np.int64)
     gen = np.where(out_tokens == 1, n_seqs * own, own)
-    for i, req in enumerate(rows):
-        if req.children and req.output_tokens != 1:
-            gen[i] += sum(c.num_generated for c in req.children)
+    for i in np.flatnonzero((n_seqs > 1) & (out_tokens != 1)):   # only a request of n > 1 sequences forks
+        gen[i] += sum(c.num_generated for c in rows[i].children)
     outputs = np.where(column("beam", bool), 1, n_seqs)
     out = out_tokens * outputs   # returned sequences (vLLM bench)
     first = np.where(first >= 0, first, np.nan)
