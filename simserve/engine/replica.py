@@ -218,7 +218,8 @@ class Replica:
         until the last ends (or, cut short by an arrival, the one in progress then), then calls
         :meth:`_end_span`."""
         env, sched = self.env, self.scheduler
-        times, bounds, flops, bytes_ = self.decode_columns(sched.num_steady, sched.steady_ctx_plus_one(), ticks)
+        n = sched.num_steady
+        times, bounds, flops, bytes_ = self.decode_columns(n, sched._steady_sum + n * (sched.tick + 1), ticks)  # steady_ctx_plus_one()
         ends = list(accumulate(times, initial=env._now))  # what SimPy's clock shows after each timeout
         del ends[0]
         self._span, self._span_done, self._span_started = (times, bounds, flops, bytes_, ends), 0, 0
