@@ -6,6 +6,10 @@ When there is nothing to run the process sleeps on an event that the next arriva
 the time the scheduler asks to be woken at (``Scheduler.next_wake_s``, a batching timer).
 A failure interrupts the process; it sleeps until repaired.
 
+On this hot path the loop reads SimPy's clock as ``env._now`` (``env.now`` is a property, which costs a
+function call in CPython 3.11) and puts its timeouts on SimPy's queue itself (:func:`_timeout_at`, what
+``env.timeout`` does without its two calls); pyproject.toml pins SimPy below 5 for these internals.
+
 Fast-forward (``spans=True``): when the next iterations are *quiet* (only steady decoders, none
 finishing, KV blocks at hand: :meth:`Scheduler.quiet_ticks`), the replica works out their step times in
 one go and sleeps once until the last one ends. Nothing anybody can observe changes during a quiet
@@ -110,7 +114,7 @@ class Replica:
         callbacks (which then fires with nobody waiting), onto the new one's."""
         self._sleeping_span = False
         ends = self._span[4]
-        stop = bisect_left(ends, self.env._now) + 1       # (env._now: env.now without a property call)
+        stop = bisect_left(ends, self.env._now) + 1
         self._span_stop = stop
         if stop < len(ends):
             proc = self.process
