@@ -106,7 +106,12 @@ class Scheduler:
 
     ``fast_forward``: a policy whose ``schedule`` reduces to ``schedule_steady`` + ``decode_step`` when
     nothing is active or waiting sets it, and the replica may then run such iterations in spans
-    (:meth:`quiet_ticks`)."""
+    (:meth:`quiet_ticks`).
+
+    ``num_outstanding`` (waiting plus running requests, what routers read) is kept by the methods that
+    add and remove them (:meth:`add`, :meth:`update`, :meth:`discard`, :meth:`drain`, forks); a policy
+    that removes a finished request from ``running`` itself subtracts it too (see the speculative
+    policy's ``update``)."""
 
     fast_forward = False
 
