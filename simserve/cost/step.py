@@ -464,13 +464,13 @@ class RooflineStep:
         hi, lo = (compute_s, memory_s) if compute_s >= memory_s else (memory_s, compute_s)
         if p is not None and hi > 0.0:
             hi = hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
-        bound = ops.OVERHEAD if floor_s > hi else ops.COMPUTE if compute_s >= memory_s else ops.MEMORY
+        bound = OVERHEAD if floor_s > hi else COMPUTE if compute_s >= memory_s else MEMORY
         op_s = over + (unit_s if unit_s > hi else hi)
         splits = 1
         if grid:
             walk_s, splits, merge_s = self._decode_grid(n, ceil(keys / n / tile) or 1, keys)
             if walk_s is not None and walk_s > op_s:
-                op_s, bound = walk_s, ops.MEMORY
+                op_s, bound = walk_s, MEMORY
         if copy_s is not None:
             op_s += copy_s
         if splits > 1:
