@@ -135,7 +135,8 @@ def calibrate(names: tuple[str, ...], report_path: str | None, as_json: bool, pr
             written += write_carryover_profiles(result, Path(profiles_dir))
         click.echo(f"wrote {len(written)} profiles in {profiles_dir}", err=True)
     if as_json:
-        keys = ("heldout_median_abs_pct_err", "heldout_p90_abs_pct_err", "iteration", "iteration_in_stack")
+        keys = ("heldout_median_abs_pct_err", "heldout_p90_abs_pct_err", "iteration", "iteration_in_stack",
+                "iteration_vllm")
         click.echo(json.dumps({k: result.report[k] for k in keys if k in result.report}, indent=2, sort_keys=True))
     elif not report_path:
         rep = result.report

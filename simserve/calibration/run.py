@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from ..hardware import load_profile
-from . import iteration
+from ..model import catalog_names, load_model
+from . import iteration, stack_layers
 from .dataset import DATA_DIR, MEASURED_HARDWARE, OP_CLASSES, Dataset, Points, load_dataset, points_for, vidur_layer_rows
 from .fit import K_FOLDS, SEED, abs_pct_err, aggregate, fit_points, heldout_predictions, predict_s
 
@@ -75,6 +76,10 @@ def calibrate_class(ds: Dataset, hw_name: str, op_class: str) -> dict | None:
             checks.append({"source": source, "subset": label, **_stats(predict_s(agg, params), agg.latency_s)})
     out = {"basis": basis, "params": params, "heldout": stats, "cross_checks": checks,
            "fold_params": fold_params, "refs": p.ref, "rows_pred": rows_pred}
+    if basis == AIC:   # every aiconfigurator shape: its measured median and prediction, for stack_layers
+        aic = p.source == AIC
+        out["aic_kernels"] = pd.DataFrame({"key": p.key[aic], "measured_s": p.latency_s[aic], "predicted_s": rows_pred[aic]}
+                                          ).groupby("key").agg(measured_s=("measured_s", "median"), predicted_s=("predicted_s", "first"))
     # Vidur's own stack, held out by shape, when Vidur is not the basis: isolates how well the per-op model
     # composes into a layer from the gap between software stacks.
     vidur = inside & (p.source == VIDUR)
@@ -106,8 +111,10 @@ def run_calibration(hardware_names=None, data_dir: Path = DATA_DIR) -> Calibrati
     params: dict = {}
     report: dict = {"data_sha256": ds.sha256, "k_folds": K_FOLDS, "seed": SEED, "targets": dict(TARGETS),
                     "heldout_median_abs_pct_err": {}, "heldout_p90_abs_pct_err": {}, "fit": {},
-                    "cross_checks": {}, "carried_over": {}, "iteration": {}, "iteration_in_stack": {}}
+                    "cross_checks": {}, "carried_over": {}, "iteration": {}, "iteration_in_stack": {},
+                    "iteration_vllm": {}}
     vidur_pred: dict = {}
+    configs = stack_layers.layer_configs([load_model(n) for n in catalog_names()])
     for hw in names:
         params[hw], med, p90 = {}, {}, {}
         report["fit"][hw], report["cross_checks"][hw], report["carried_over"][hw] = {}, {}, {}
@@ -139,4 +146,8 @@ def run_calibration(hardware_names=None, data_dir: Path = DATA_DIR) -> Calibrati
         report["iteration"][hw] = iteration.summarize(ds, hw, profile_rows)
         report["iteration_in_stack"][hw] = iteration.summarize(ds, hw, stack_rows)
         vidur_pred[hw] = {"profile": profile_rows, "in_stack": stack_rows}
+        kernels = {oc: fitted[hw][oc]["aic_kernels"] for oc in OP_CLASSES
+                   if fitted[hw][oc] is not None and "aic_kernels" in fitted[hw][oc]}
+        if kernels:
+            report["iteration_vllm"][hw] = stack_layers.summarize(stack_layers.layer_steps(ds, hw, configs, kernels))
     return CalibrationResult(params, report, ds.sha256, vidur_pred)

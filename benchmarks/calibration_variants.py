@@ -1,0 +1,143 @@
+"""GEMM model variants that docs/calibration.md reports as tried and not kept, rerun from here.
+
+    python benchmarks/calibration_variants.py            # under a minute on 2 cores
+
+1. *Tile parity*, model-free: in Vidur's per-layer GEMM timings, the median ratio of the time at ``t``
+   128-row tiles to the time at ``t - 1`` (a fixed weight), for ``t`` odd (a new pair of tiles begins) and
+   ``t`` even. Equal medians mean 128-row steps; a larger odd median means the rows go 256 at a time.
+2. *Vidur's H100 stack in 256-row tiles*: the same-stack GEMM fit with ``row_tile`` 256 instead of the
+   profile's 128 (the profile fit, on vLLM's stack, unchanged).
+3. *A100 GEMMs in whole waves*: compute time in whole waves of 128 x 256 (rows x weight columns) tiles over
+   the 108 SMs when a grid needs more than one wave, the shape aiconfigurator's A100 tables step in.
+
+4. *One row past a tile boundary on vLLM's stack*, model-free: in aiconfigurator's tables (n, k >= 1024), the
+   median and p90 over weights of the time at ``m + 1`` rows over the time at ``m``.
+
+5. *vLLM-stack prefill layers by token count*: the median signed error of the layers of
+   ``simserve/calibration/stack_layers.py`` (profile parameters, held out) per prompt-batch token count.
+
+Variants 2 and 3 print the held-out errors ``simserve calibrate`` reports, next to the model as it is.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import simserve.calibration.fit as fit
+import simserve.calibration.run as run
+from simserve.calibration import dataset
+from simserve.calibration.dataset import load_dataset, vidur_layer_rows
+from simserve.calibration.run import run_calibration
+from simserve.hardware import load_profile
+
+GEMM_OPS = ("attn_pre_proj", "attn_post_proj", "mlp_up_proj", "mlp_down_proj")
+
+
+def tile_parity(ds, hw: str, lo: int = 3, hi: int = 40) -> tuple[float, float, int]:
+    rows = vidur_layer_rows(ds, hw)
+    g = rows[rows.op.isin(GEMM_OPS) & rows.use_gated_mlp.astype(bool)]
+    g = g.assign(tile=np.ceil(g.num_tokens / 128).astype(int))
+    b = g.groupby(["model", "tp", "op", "tile"]).latency_s.median().reset_index()
+    b["ratio"] = b.latency_s / b.groupby(["model", "tp", "op"]).latency_s.shift(1)
+    b = b[(b.tile >= lo) & (b.tile <= hi)].dropna()
+    return float(b[b.tile % 2 == 1].ratio.median()), float(b[b.tile % 2 == 0].ratio.median()), len(b)
+
+
+def row_steps(ds, hw: str, boundaries=(128, 256, 512, 768, 1024, 2048)) -> list[tuple[int, float, float]]:
+    g = ds.tables["aic_gemm"]
+    g = g[(g.hardware == hw) & (g.n >= 1024) & (g.k >= 1024)]
+    t = g.pivot_table(index=["n", "k"], columns="m", values="latency_s")
+    out = []
+    for m in boundaries:
+        if m in t and m + 1 in t:
+            r = (t[m + 1] / t[m]).dropna()
+            out.append((m, float(r.median()), float(r.quantile(0.9))))
+    return out
+
+
+def prefill_by_tokens(ds, hw: str) -> list[tuple[int, float, int]]:
+    from simserve.calibration import stack_layers
+    from simserve.calibration.run import calibrate_class
+    from simserve.model import catalog_names, load_model
+    kernels = {oc: calibrate_class(ds, hw, oc)["aic_kernels"]
+               for oc in ("gemm", "attention_prefill", "attention_decode", "allreduce")}
+    configs = stack_layers.layer_configs([load_model(n) for n in catalog_names()])
+    st = stack_layers.layer_steps(ds, hw, configs, kernels)
+    st = st[st.kind == "prefill"].assign(err=lambda d: (d.predicted_s / d.measured_s - 1.0) * 100.0)
+    return [(int(t), float(g.err.median()), len(g)) for t, g in st.groupby("num_tokens")]
+
+
+def _line(label: str, res, hw: str) -> str:
+    rep = res.report
+    s, g = rep["iteration_in_stack"][hw], rep["fit"][hw]["gemm"]
+    parts = [f"{label:<34}", f"same-stack layers {s['median_abs_pct_err']:.1f}/{s['p90_abs_pct_err']:.1f}",
+             f"(prefill p90 {s['prefill']['p90_abs_pct_err']:.1f}, decode p90 {s['decode']['p90_abs_pct_err']:.1f})",
+             f"gemm {g['source']} {g['median_abs_pct_err']:.1f}/{g['p90_abs_pct_err']:.1f}"]
+    if "in_stack" in g:
+        parts.append(f"gemm vidur {g['in_stack']['median_abs_pct_err']:.1f}/{g['in_stack']['p90_abs_pct_err']:.1f}")
+    v = rep["iteration_vllm"].get(hw)
+    if v:
+        parts.append(f"vLLM layers {v['median_abs_pct_err']:.1f}/{v['p90_abs_pct_err']:.1f}")
+    return "  ".join(parts)
+
+
+def vidur_tiles(hw: str, tile: int):
+    """``run_calibration`` with Vidur's GEMM points on ``hw`` in ``tile``-row tiles."""
+    plain = dataset._gemm_frame
+
+    def frame(prof, source, m, n, k, latency_s, ref=""):
+        f = plain(prof, source, m, n, k, latency_s, ref)
+        if prof.name == hw and source == "vidur":
+            f["tile_rows"] = float(tile)
+        return f
+    dataset._gemm_frame = frame
+    try:
+        return run_calibration([hw])
+    finally:
+        dataset._gemm_frame = plain
+
+
+def whole_waves(hw: str, weight_tile: int = 256):
+    """``run_calibration`` with GEMM compute on ``hw`` in whole waves of (row_tile x weight_tile) tiles."""
+    plain = fit.predict_s
+    sms = float(load_profile(hw).sm_count)
+
+    def predict(p, params):
+        if p.op_class != "gemm" or p.hardware != hw:
+            return plain(p, params)
+        n = p.flops / (2.0 * p.rows * p.units)           # GEMM points: flops = 2 m n k, units = k, rows = m
+        tiles = np.ceil(p.rows / (params.get("row_tile") or 64)) * np.ceil(n / weight_tile)
+        waves = np.ceil(tiles / sms)
+        fill = np.where(tiles > sms, tiles / (waves * sms), 1.0)
+        return plain(dataclasses.replace(p, flops=p.flops / fill), params)
+    fit.predict_s = run.predict_s = predict
+    try:
+        return run_calibration([hw])
+    finally:
+        fit.predict_s = run.predict_s = plain
+
+
+def main() -> None:
+    ds = load_dataset()
+    print("1. tile parity (Vidur GEMMs, 3-40 tiles): median time ratio entering an odd / an even 128-row tile")
+    for hw in ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb"):
+        odd, even, count = tile_parity(ds, hw)
+        print(f"   {hw:<16} odd {odd:.3f}  even {even:.3f}  ({count} steps)")
+    print("2. H100, Vidur's stack fitted in 256-row tiles")
+    print("   " + _line("as is (128-row tiles)", run_calibration(["h100-sxm-80gb"]), "h100-sxm-80gb"))
+    print("   " + _line("Vidur's GEMMs in 256-row tiles", vidur_tiles("h100-sxm-80gb", 256), "h100-sxm-80gb"))
+    print("3. A100, GEMM compute in whole waves of 128 x 256 tiles over 108 SMs")
+    print("   " + _line("as is", run_calibration(["a100-sxm-80gb"]), "a100-sxm-80gb"))
+    print("   " + _line("whole waves above one wave", whole_waves("a100-sxm-80gb"), "a100-sxm-80gb"))
+    print("4. vLLM's stack: time at m + 1 rows over time at m (median, p90 over weights with n, k >= 1024)")
+    for hw in ("a100-sxm-80gb", "h100-sxm-80gb"):
+        steps = row_steps(ds, hw)
+        print(f"   {hw:<16} " + ("  ".join(f"{m}: {med:.3f}/{p90:.3f}" for m, med, p90 in steps) or "no m + 1 rows measured"))
+    print("5. vLLM-stack prefill layers: median signed error % by tokens (steps)")
+    for hw in ("a100-sxm-80gb", "h100-sxm-80gb"):
+        print(f"   {hw:<16} " + "  ".join(f"{t}: {e:+.1f} ({n})" for t, e, n in prefill_by_tokens(ds, hw)))
+
+
+if __name__ == "__main__":
+    main()
