@@ -352,7 +352,8 @@ def render_report_md(result) -> str:
                 "`batch` prompts of `seq_len` tokens), and at TP > 1 two all-reduces of the hidden state. Every "
                 "kernel is predicted by the *profile parameters* of the fold that did not see its shape. Norms, "
                 "rotary, activation and residual add were not timed on vLLM and are left out on both sides "
-                "(`simserve/calibration/stack_layers.py`).", "",
+                "(`simserve/calibration/stack_layers.py`). Prefill steps of equal token counts share their GEMMs "
+                "and all-reduces; only their attention kernel differs.", "",
                 "| device | steps | count | median % | p90 % | predicted/measured | target met |",
                 "|---|---|---|---|---|---|---|"]
         for hw, v in vllm.items():
