@@ -182,6 +182,7 @@ def test_vllm_stack_layer_sums_every_kernel_once(dataset):
     ones = pd.DataFrame({"measured_s": 1.0, "predicted_s": 2.0}, index=pd.Index(index).unique())
     kernels = {"gemm": ones, "attention_decode": ones, "attention_prefill": ones.iloc[:0],
                "allreduce": pd.DataFrame({"measured_s": 1.0, "predicted_s": 2.0}, index=pd.Index(ar).unique())}
+    assert not len(layer_steps(dataset, hw, configs[2:], {"gemm": ones, "attention_decode": ones}))  # no all-reduces
     steps = layer_steps(dataset, hw, configs[2:], kernels)       # TP 4 and 8: 4 GEMMs, attention, 2 all-reduces
     assert len(steps) and set(steps.kind) == {"decode"} and (steps.measured_s == 7.0).all() and (steps.predicted_s == 14.0).all()
     # the measured sum of one step, read from the raw tables

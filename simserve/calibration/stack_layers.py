@@ -76,7 +76,7 @@ def layer_steps(ds: Dataset, hw: str, configs: list[dict], kernels: dict[str, pd
                     keys.append(("attention_prefill", _keys([batch], [seq_len], [0], [cfg["heads"]], [cfg["kv_heads"]], [HEAD_DIM])[0]))
                 if cfg["tp"] > 1:      # after the attention output and the down projection
                     keys += [("allreduce", f"{int(m * cfg['hidden'] * ACT_BYTES)}B/{cfg['tp']}")] * 2
-                if not all(key in kernels.get(oc, ()).index for oc, key in keys):
+                if not all(oc in kernels and key in kernels[oc].index for oc, key in keys):
                     continue
                 got = [kernels[oc].loc[key] for oc, key in keys]
                 attn = got[4]
