@@ -145,6 +145,10 @@ def calibrate(names: tuple[str, ...], report_path: str | None, as_json: bool, pr
             for op, med in sorted(classes.items()):
                 p90 = rep["heldout_p90_abs_pct_err"][hw][op]
                 click.echo(f"{hw:<16}{op:<20}{med:>10.1f}{p90:>10.1f}")
+            for label, key in (("layer, Vidur stack", "iteration_in_stack"), ("layer, vLLM stack", "iteration_vllm")):
+                it = rep.get(key, {}).get(hw, {})
+                if it.get("num_steps"):
+                    click.echo(f"{hw:<16}{label:<20}{it['median_abs_pct_err']:>10.1f}{it['p90_abs_pct_err']:>10.1f}")
     if report_path:
         click.echo(f"wrote {report_path}", err=True)
 

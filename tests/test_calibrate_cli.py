@@ -22,6 +22,18 @@ def test_calibrate_report_reproduces_the_docs(tmp_path):
         assert set(numbers[key]) >= {"a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb"}
     assert set(numbers["heldout_p90_abs_pct_err"]["h100-sxm-80gb"]) == {
         "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv"}
+    assert set(numbers["iteration_vllm"]) == {"a100-sxm-80gb", "h100-sxm-80gb"}     # A40: no vLLM timings
+
+
+def test_calibrate_table_ends_with_the_whole_layers():
+    res = CliRunner().invoke(main, ["calibrate", "--hardware", "h100-sxm-80gb"])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].split() == ["hardware", "operator", "class", "median", "%", "p90", "%"]
+    assert [line.split()[1] for line in lines[1:7]] == sorted(
+        ["gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv"])
+    assert lines[7].startswith("h100-sxm-80gb   layer, Vidur stack") and lines[8].startswith("h100-sxm-80gb   layer, vLLM stack")
+    assert len(lines) == 9
 
 
 def test_calibrate_rejects_unmeasured_hardware():
