@@ -57,13 +57,9 @@ def row_steps(ds, hw: str, boundaries=(128, 256, 512, 768, 1024, 2048)) -> list[
 
 
 def prefill_by_tokens(ds, hw: str) -> list[tuple[int, float, int]]:
-    from simserve.calibration import stack_layers
-    from simserve.calibration.run import calibrate_class
-    from simserve.model import catalog_names, load_model
-    kernels = {oc: calibrate_class(ds, hw, oc)["aic_kernels"]
-               for oc in ("gemm", "attention_prefill", "attention_decode", "allreduce")}
-    configs = stack_layers.layer_configs([load_model(n) for n in catalog_names()])
-    st = stack_layers.layer_steps(ds, hw, configs, kernels)
+    from simserve.calibration.run import calibrate_class, vllm_layer_steps
+    fitted = {oc: calibrate_class(ds, hw, oc) for oc in ("gemm", "attention_prefill", "attention_decode", "allreduce")}
+    st = vllm_layer_steps(ds, hw, fitted)
     st = st[st.kind == "prefill"].assign(err=lambda d: (d.predicted_s / d.measured_s - 1.0) * 100.0)
     return [(int(t), float(g.err.median()), len(g)) for t, g in st.groupby("num_tokens")]
 

@@ -99,6 +99,18 @@ def _by_op(ds: Dataset, hw: str, res: dict) -> dict[str, float]:
     return {op: float(np.median(ratio[(rows.op == op).to_numpy()])) for op in sorted(set(rows.op))}
 
 
+def vllm_layer_steps(ds: Dataset, hw: str, fitted: dict, configs: list[dict] | None = None) -> pd.DataFrame | None:
+    """Whole layers on vLLM's stack (:mod:`.stack_layers`) from one device's ``calibrate_class`` results
+    (``fitted[op_class]``), over the catalog's layers unless ``configs`` are given; None without
+    aiconfigurator measurements."""
+    kernels = {oc: res["aic_kernels"] for oc, res in fitted.items() if res is not None and "aic_kernels" in res}
+    if not kernels:
+        return None
+    if configs is None:
+        configs = stack_layers.layer_configs([load_model(n) for n in catalog_names()])
+    return stack_layers.layer_steps(ds, hw, configs, kernels)
+
+
 def run_calibration(hardware_names=None, data_dir: Path = DATA_DIR) -> CalibrationResult:
     """Fit all measured hardware (or the named subset) and report held-out errors. Deterministic."""
     names = tuple(hardware_names) if hardware_names is not None else MEASURED_HARDWARE
@@ -146,8 +158,7 @@ def run_calibration(hardware_names=None, data_dir: Path = DATA_DIR) -> Calibrati
         report["iteration"][hw] = iteration.summarize(ds, hw, profile_rows)
         report["iteration_in_stack"][hw] = iteration.summarize(ds, hw, stack_rows)
         vidur_pred[hw] = {"profile": profile_rows, "in_stack": stack_rows}
-        kernels = {oc: fitted[hw][oc]["aic_kernels"] for oc in OP_CLASSES
-                   if fitted[hw][oc] is not None and "aic_kernels" in fitted[hw][oc]}
-        if kernels:
-            report["iteration_vllm"][hw] = stack_layers.summarize(stack_layers.layer_steps(ds, hw, configs, kernels))
+        steps = vllm_layer_steps(ds, hw, fitted[hw], configs)
+        if steps is not None:
+            report["iteration_vllm"][hw] = stack_layers.summarize(steps)
     return CalibrationResult(params, report, ds.sha256, vidur_pred)
