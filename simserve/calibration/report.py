@@ -83,7 +83,12 @@ VLLM_WHY = (
     "H100's prefill layers miss on the median (5.2%) by a trend in size (variant 5): one flops_fraction serves "
     "every product, so layers of 128-1024 tokens are over-predicted (+4.7% to +9.6%, median per token count) and "
     "those of 4096 and more under-predicted (-4.4% to -6.5%): cuBLAS's kernels for large products reach a higher "
-    "fraction of the peak than those for mid-sized ones.")
+    "fraction of the peak than those for mid-sized ones. A fixed cost per output tile (pipeline fill and write-back, "
+    "fitted as `k_overhead` extra steps of k in place of the fitted overlap exponent; variant 6) does not settle "
+    "it either: with the exponent fixed at 2 A100's vLLM layers meet (3.2%/9.1%) but H100's vLLM GEMM class "
+    "worsens (5.8%/17.0% -> 6.2%/18.0%) and so do its vLLM layers (3.4%/7.9% -> 4.4%/9.5%); at 3, where H100's "
+    "GEMMs fit best (5.4%/15.7%), A100's vLLM layers miss by more (11.3%). No one exponent serves both devices, "
+    "and choosing one per device is fitting it again, so the term was not kept.")
 
 
 def _f(v) -> str:
