@@ -121,6 +121,8 @@ class Efficiency(Frozen):
     elementwise: OpEfficiency
     allreduce: OpEfficiency = Field(description="bandwidth_fraction of the link's bus bandwidth; overhead per call")
     send_recv: OpEfficiency
+    moe: OpEfficiency | None = Field(
+        default=None, description="MoE layers' fused experts kernels (ops.moe_time); None: the gemm fractions")
     step_overhead_us: float = Field(ge=0, description="Per-iteration framework cost (scheduling, sampling, launch)")
 
 
@@ -130,6 +132,8 @@ class Calibration(Frozen):
     data_sha256: str | None = None
     date: str | None = None
     heldout_p90_abs_pct_err: float | None = Field(default=None, ge=0)
+    moe_heldout_p90_abs_pct_err: float | None = Field(
+        default=None, ge=0, description="Held-out p90 error of the fused MoE kernels (MoE models' error bands)")
 
 
 class HardwareProfile(Frozen):

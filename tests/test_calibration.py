@@ -32,6 +32,8 @@ RECORDED = {
     ("h100-sxm-80gb", "attention_decode"): (5.6, 18.5), ("h100-sxm-80gb", "elementwise"): (7.2, 18.8),
     ("h100-sxm-80gb", "allreduce"): (5.4, 15.3), ("h100-sxm-80gb", "send_recv"): (1.1, 8.5),
     ("a40-48gb", "gemm"): (5.2, 16.2), ("a40-48gb", "elementwise"): (4.0, 18.2), ("a40-48gb", "send_recv"): (1.7, 7.9),
+    # vLLM's fused MoE: H100 with balanced routing, A100 with the milder power-law routing (all it measured)
+    ("h100-sxm-80gb", "moe"): (6.8, 27.1), ("a100-sxm-80gb", "moe"): (18.1, 46.1),
 }
 MEETS_OP_TARGETS = {k for k, (med, p90) in RECORDED.items() if med <= 8.0 and p90 <= 20.0}
 # whole layers, same-stack parameters: (median, p90); targets 5 and 10
@@ -110,7 +112,8 @@ def test_parameters_are_valid_op_efficiencies(result):
             assert eff.overlap_exponent is None or eff.overlap_exponent >= 1
             assert len(F.FREE[oc]) <= 5                           # at most five fitted parameters per class
     assert result.report["carried_over"]["a40-48gb"] == {
-        "attention_prefill": "a100-sxm-80gb", "attention_decode": "a100-sxm-80gb", "allreduce": "a100-sxm-80gb"}
+        "attention_prefill": "a100-sxm-80gb", "attention_decode": "a100-sxm-80gb", "allreduce": "a100-sxm-80gb",
+        "moe": "a100-sxm-80gb"}
 
 
 def test_heldout_errors_hold(result):
@@ -235,6 +238,12 @@ def test_vectorised_prediction_is_the_cost_models_formula(result, dataset):
                     continue
                 elif oc == "send_recv":
                     want = ops.send_recv_time(p.bytes[i], p.bandwidth_bytes_s[i], p.hop_s[i], eff)
+                elif oc == "moe":
+                    T, h, inter, k, E, tp, ep = (int(v) for v in p.key[i].split("x"))
+                    work = ops.moe_work(T, k, E, ep, 1.0, h, inter / tp, 3, 2.0, 2.0)
+                    want = ops.moe_time(work, p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
+                    assert (work.tile_flops, work.gemm_bytes, work.stream_bytes, work.pairs) == (
+                        p.flops[i], p.bytes[i], p.stream_bytes[i], p.units[i])
                 elif oc == "gemm":
                     m, n, k = (float(v) for v in p.key[i].split("x"))
                     want = ops.gemm_time(m, n, k, 2.0, 2.0, p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
@@ -325,3 +334,26 @@ def test_importer_reproduces_the_repo_copy(tmp_path):
     from simserve.calibration.importer import DEST, regenerate
     for name in regenerate(SHARED, tmp_path):
         assert (tmp_path / name).read_bytes() == (DEST / name).read_bytes(), name
+
+
+def test_moe_fits_the_most_even_routing_measured(dataset):
+    """H100 is fitted on balanced routing, A100 (no balanced timings) on the milder power law; every other
+    routing is a cross-check, and a model is left out only if a timing beats reading its weights at peak."""
+    for hw, basis in (("h100-sxm-80gb", "balanced"), ("a100-sxm-80gb", "power_law_1.01")):
+        profile = load_profile(hw)
+        p = points_for(dataset, profile, "moe")
+        t = dataset.tables["aic_moe"].query("hardware == @hw")
+        routing = t.distribution.to_numpy()
+        assert set(p.outside[routing != basis]) == {f"routing {r}" for r in set(routing) - {basis}}
+        left_out = (routing == basis) & (p.outside != "")
+        if basis != "balanced":
+            assert not left_out.any()
+            continue
+        assert set(p.outside[left_out]) == {"faster than its experts' weights at the HBM peak"}
+        models = {k.split("x", 1)[1].rsplit("x", 2)[0] for k in p.key[left_out]}
+        assert len(models) == 2
+        for model in models:      # each has a timing below its touched experts' weights at the HBM peak
+            mask = (routing == basis) & np.array([k.split("x", 1)[1].rsplit("x", 2)[0] == model for k in p.key])
+            hbm_s = [ops.moe_experts_touched(T, k, E, ep) * 3 * inter / tp * h * 2.0 / profile.weight_bandwidth_bytes_s
+                     for T, h, inter, k, E, tp, ep in (map(int, key.split("x")) for key in p.key[mask])]
+            assert (p.latency_s[mask] < np.array(hbm_s)).any()

@@ -27,7 +27,7 @@ WORKLOAD = {"kind": "synthetic", "num_requests": 30, "arrival": {"process": "off
 def ideal_step(model=MIXTRAL, tp=1, ep=1, imbalance=1.0):
     """Every efficiency 1, no overheads, no latency: times are exactly bytes / bandwidth or FLOPs / peak."""
     hw = load_profile("h100-sxm-80gb")
-    names = ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv")
+    names = ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe")
     eff = hw.efficiency.model_copy(update={k: IDEAL for k in names} | {"step_overhead_us": 0.0})
     hw = hw.model_copy(update={"efficiency": eff})
     return RooflineStep(model, hw, BF16, tp, ep, imbalance), hw
@@ -99,6 +99,15 @@ def touched_experts(T, n, E=8, k=2):
     return n * (1 - (1 - k / E) ** T) / (1 - (comb(E - n, k) / comb(E, k)) ** T)
 
 
+def stream_bytes(T, devices, ep):
+    """What the kernels around the grouped GEMMs move (ops.moe_work): the activation reads gate and up and
+    writes one intermediate, and the GEMM outputs are read by the top-k sum, for every one of the T*k pairs;
+    the sum writes T hidden states; with EP the GEMMs also write zeros for the other devices' pairs."""
+    ffn = 14336 if ep > 1 else 14336 / devices
+    pairs = T * 2
+    return (pairs * (3 * ffn + 4096) + T * 4096 + pairs * (1 - 1 / ep) * (2 * ffn + 4096)) * 2
+
+
 @pytest.mark.parametrize("devices", [2, 8])
 @pytest.mark.parametrize("T", [1, 64])
 def test_mixtral_decode_expert_reads_and_flops(devices, T):
@@ -109,17 +118,19 @@ def test_mixtral_decode_expert_reads_and_flops(devices, T):
     # token-expert pairs read and write the whole hidden state and 1/devices of the intermediates
     tp_weights = 8 * (1 - 0.75 ** T) * EXPERT_BYTES / devices
     tp_act = T * 2 * (2 * 4096 + 3 * 14336 / devices) * 2
-    assert tp_ops["moe_experts"].bytes == pytest.approx(tp_weights + tp_act, rel=1e-12)
+    assert tp_ops["moe_experts"].bytes == pytest.approx(tp_weights + tp_act + stream_bytes(T, devices, 1), rel=1e-12)
     # expert parallel: 8/devices whole experts per device; a device with work reads those it got, and
     # sees T*k/devices pairs with whole intermediates
     ep_weights = touched_experts(T, 8 // devices) * EXPERT_BYTES
     ep_act = T * 2 / devices * (2 * 4096 + 3 * 14336) * 2
-    assert ep_ops["moe_experts"].bytes == pytest.approx(ep_weights + ep_act, rel=1e-12)
+    ep_stream = stream_bytes(T, devices, devices)
+    assert ep_ops["moe_experts"].bytes == pytest.approx(ep_weights + ep_act + ep_stream, rel=1e-12)
     # the same FLOPs: T*k/ep pairs over whole experts = T*k pairs over 1/tp of each
     flops = 2 * T * 2 * 3 * 4096 * 14336 / devices
     assert tp_ops["moe_experts"].flops == pytest.approx(flops, rel=1e-12)
     assert ep_ops["moe_experts"].flops == pytest.approx(flops, rel=1e-12)
     # decode is memory-bound: the time is the bytes over HBM bandwidth
+    assert ep_ops["moe_experts"].bound == ops.MEMORY
     assert ep_ops["moe_experts"].time_s == pytest.approx(ep_ops["moe_experts"].bytes / hw.weight_bandwidth_bytes_s)
     if T == 1:
         # batch 1 on 8 devices: 2 devices each read 1 whole expert, vs 2 experts x 1/8 with TP; 4x the reads
@@ -128,6 +139,15 @@ def test_mixtral_decode_expert_reads_and_flops(devices, T):
     else:
         # batch 64 touches every expert: the same weight reads
         assert ep_weights / tp_weights == pytest.approx(1.0, rel=1e-7)
+
+
+@pytest.mark.parametrize("T, rows", [(1, 16), (8, 16), (9, 64), (256, 64), (257, 128)])
+def test_mixtral_expert_rows_padded_to_whole_blocks(T, rows):
+    # vLLM pads every expert's rows to blocks of 16 (no more tokens than experts) or 64: on one device
+    # (TP 1) the 8 (1 - (6/8)^T) touched experts share the T*2 pairs, each padded to ``rows`` rows
+    w = ops.moe_work(T, 2, 8, 1, 1.0, 4096, 14336, 3, 2.0, 2.0)
+    assert w.tile_flops == pytest.approx(8 * (1 - 0.75 ** T) * rows * 2 * 3 * 14336 * 4096, rel=1e-12)
+    assert w.flops == pytest.approx(T * 2 * 2 * 3 * 14336 * 4096, rel=1e-12)
 
 
 def test_mixtral_decode_step_on_8_h100():
@@ -140,8 +160,10 @@ def test_mixtral_decode_step_on_8_h100():
         assert b.flops == pytest.approx(a.flops, rel=1e-12)
         assert b.bound == ops.MEMORY
     one = BatchShape.from_pairs([(1, 100)])
-    # per layer: 1 expert instead of 2/8 of one, and 1/8 of the pairs' hidden states instead of all
-    extra_reads = 32 * ((1 - 2 / 8) * EXPERT_BYTES - 2 * 2 * 4096 * (1 - 1 / 8) * 2)
+    # per layer: 1 expert instead of 2/8 of one, and 1/8 of the pairs' hidden states instead of all; the
+    # streaming kernels around the GEMMs see every pair either way, with whole intermediates under EP
+    extra_reads = 32 * ((1 - 2 / 8) * EXPERT_BYTES - 2 * 2 * 4096 * (1 - 1 / 8) * 2
+                        + stream_bytes(1, 8, 8) - stream_bytes(1, 8, 1))
     assert ep_step.step(one).bytes - tp_step.step(one).bytes == pytest.approx(extra_reads, rel=1e-9)
 
 
@@ -149,14 +171,16 @@ def test_mixtral_decode_step_on_8_h100():
 
 @pytest.mark.parametrize("imbalance", [1.25, 1.5, 2.0])
 def test_imbalance_scales_the_expert_time_exactly(imbalance):
-    T = 4096                                                   # a long prefill: compute-bound experts
-    base, _ = ideal_step(tp=8, ep=8)
+    T = 4096                          # a long prefill: the grouped GEMMs are compute-bound (not their streaming)
+    base, hw = ideal_step(tp=8, ep=8)
     skew, _ = ideal_step(tp=8, ep=8, imbalance=imbalance)
     a, b = dict(base.linear_layer_ops(T)), dict(skew.linear_layer_ops(T))
-    assert a["moe_experts"].bound == b["moe_experts"].bound == ops.COMPUTE
-    for name in ("moe_experts", "ffn_act"):
-        assert b[name].time_s == pytest.approx(imbalance * a[name].time_s, rel=1e-12)
-        assert b[name].flops == pytest.approx(imbalance * a[name].flops, rel=1e-12)
+    w = ops.moe_work(T, 2, 8, 8, 1.0, 4096, 14336, 3, 2.0, 2.0)
+    assert w.tile_flops / hw.peak_flops_s("bf16") > w.gemm_bytes / hw.weight_bandwidth_bytes_s
+    # the busiest device's grouped GEMMs scale with its pairs; the streaming over every pair does not
+    stream_s = stream_bytes(T, 8, 8) / hw.weight_bandwidth_bytes_s
+    assert b["moe_experts"].time_s - stream_s == pytest.approx(imbalance * (a["moe_experts"].time_s - stream_s), rel=1e-12)
+    assert b["moe_experts"].flops == pytest.approx(imbalance * a["moe_experts"].flops, rel=1e-12)
     for name in ("moe_router", "moe_dispatch", "moe_combine", "qkv_proj", "attn_allreduce"):
         assert b[name].time_s == a[name].time_s
 

@@ -26,6 +26,20 @@ def test_error_comes_from_the_profile():
         assert e >= UNCALIBRATED_DEFAULT or e == pytest.approx(2 * hw.calibration.heldout_p90_abs_pct_err / 100)
 
 
+def test_moe_models_take_the_larger_of_the_layer_and_moe_errors():
+    hw = load_profile("h100-sxm-80gb")
+    cal = hw.calibration
+    assert cal.moe_heldout_p90_abs_pct_err is not None
+    assert step_time_error(hw, moe=True) == pytest.approx(
+        max(cal.heldout_p90_abs_pct_err, cal.moe_heldout_p90_abs_pct_err) / 100)
+    plain = hw.model_copy(update={"calibration": cal.model_copy(update={"moe_heldout_p90_abs_pct_err": None})})
+    assert step_time_error(plain, moe=True) == step_time_error(hw) == pytest.approx(cal.heldout_p90_abs_pct_err / 100)
+    # a carried-over profile doubles the error it carries, the MoE one included
+    h200 = load_profile("h200-sxm-141gb")
+    assert not h200.calibration.calibrated
+    assert step_time_error(h200, moe=True) == pytest.approx(2 * step_time_error(hw, moe=True))
+
+
 def test_bands_scale_a_lone_request_exactly():
     r = simserve.simulate(_tiny(), bands=True)
     fid = r.summary["fidelity"]

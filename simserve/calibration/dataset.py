@@ -24,7 +24,7 @@ from ..cost import ops
 from ..hardware import HardwareProfile
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv")
+OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe")
 MEASURED_HARDWARE = ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb")
 
 ACT_BYTES = 2.0     # every measurement here is bf16/fp16 activations, weights and KV cache
@@ -37,6 +37,9 @@ MIN_PREFILL_LEN = 16      # a 1-token "prompt" is a decode-shaped kernel, not a 
 # attention/FFN block: PyTorch kernels, not the vLLM RMSNorm, rotary and SiLU-and-mul kernels simserve prices.
 PLAIN_FFN_MODELS = "plain-FFN model (LayerNorm, GELU: PyTorch kernels)"
 AIC_ALLREDUCE = ("vllm_graph",)  # vLLM's all-reduce under CUDA graphs (custom kernel, NCCL for large messages)
+# simserve routes tokens uniformly over the experts: a device's MoE timings are fitted with the most even routing
+# aiconfigurator measured on it ("balanced", else the milder power law); the rest are cross-checks
+MOE_ROUTING = ("balanced", "power_law_1.01")
 
 # Vidur per-layer operators: (op class, simserve.cost.step name). The embedding lookup is a gather run once
 # per step, not a per-layer streaming kernel, so it is neither fitted nor part of the layer sum.
@@ -78,12 +81,13 @@ class Points:
     l2_bytes: np.ndarray           # streaming: the device's L2 cache in bytes (ops.streaming_s); 0 elsewhere
     rows: np.ndarray               # GEMM: m, the activation rows (ops.gemm_rows pads them to whole tiles); 0 elsewhere
     tile_rows: np.ndarray          # GEMM: the device's row tile (profile gemm_row_tile; fixes row_tile), 0 if not given
+    stream_bytes: np.ndarray       # MoE: bytes of the streaming kernels around the grouped GEMMs (ops.moe_time)
 
     def __len__(self) -> int:
         return len(self.latency_s)
 
     def take(self, mask: np.ndarray) -> "Points":
-        return Points(self.hardware, self.op_class, *(getattr(self, f)[mask] for f in _ARRAYS))
+        return Points(self.hardware, self.op_class, **{f: getattr(self, f)[mask] for f in _ARRAYS})
 
     def with_latency(self, latency_s: np.ndarray) -> "Points":
         arrays = {f: getattr(self, f) for f in _ARRAYS}
@@ -94,7 +98,7 @@ class Points:
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
            "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_bytes", "relayout",
            "relayout_bytes", "splitkv", "combine_bytes", "sms",
-           "l2_bytes", "rows", "tile_rows")
+           "l2_bytes", "rows", "tile_rows", "stream_bytes")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -132,7 +136,7 @@ def _frame(d: dict) -> pd.DataFrame:
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
             "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_bytes": 0.0, "relayout": 0.0,
             "relayout_bytes": 0.0, "splitkv": 0.0, "combine_bytes": 0.0,
-            "sms": 0.0, "l2_bytes": 0.0, "rows": 0.0, "tile_rows": 0.0}
+            "sms": 0.0, "l2_bytes": 0.0, "rows": 0.0, "tile_rows": 0.0, "stream_bytes": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -344,6 +348,39 @@ def send_recv_points(ds: Dataset, hw: HardwareProfile) -> Points:
     return _points(hw.name, "send_recv", [frame])
 
 
+# --- MoE ------------------------------------------------------------------------------------------
+
+def moe_points(ds: Dataset, hw: HardwareProfile) -> Points:
+    """aiconfigurator's fused MoE timings: one device of ``moe_tp`` (every expert at 1/moe_tp of its width)
+    or of ``moe_ep`` (``num_experts / moe_ep`` whole experts) running ``num_tokens`` tokens, priced by the
+    same :func:`~simserve.cost.ops.moe_work` as ``RooflineStep`` (gated FFN, bf16, no imbalance)."""
+    t = ds.tables["aic_moe"]
+    t = t[t.hardware == hw.name]
+    cols = [t[c].to_numpy(float) for c in ("num_tokens", "hidden_size", "inter_size", "topk", "num_experts", "moe_tp", "moe_ep")]
+    work = [ops.moe_work(T, int(k), int(E), int(ep), 1.0, h, inter / tp, 3, ACT_BYTES, ACT_BYTES)
+            for T, h, inter, k, E, tp, ep in zip(*cols)]
+    # A model whose balanced-routing timings beat reading its touched experts' weights at the HBM peak cannot be
+    # running the kernel the model describes (balanced routing touches every expert once tokens x top_k >=
+    # experts): every timing of that model (hidden, width, top-k, experts) is left out of the fit. A skewed
+    # router touches fewer experts than uniform routing would, so the test applies to balanced routing only.
+    hbm_s = np.array([ops.moe_experts_touched(T, int(k), int(E), int(ep)) * 3 * inter / tp * h * ACT_BYTES
+                      for T, h, inter, k, E, tp, ep in zip(*cols)]) / hw.weight_bandwidth_bytes_s
+    dist = t.distribution.to_numpy().astype(str)
+    basis = next((r for r in MOE_ROUTING if (dist == r).any()), "")
+    fitted = dist == basis
+    model = _keys(*cols[1:5])
+    impossible = np.isin(model, model[fitted & (t.latency_s.to_numpy() < hbm_s)]) & (basis == "balanced")
+    outside = np.where(~fitted, np.char.add("routing ", dist),
+                       np.where(impossible, "faster than its experts' weights at the HBM peak", ""))
+    frame = _frame({
+        "source": "aiconfigurator", "key": _keys(*cols), "outside": outside,
+        "flops": np.array([w.tile_flops for w in work]), "bytes": np.array([w.gemm_bytes for w in work]),
+        "stream_bytes": np.array([w.stream_bytes for w in work]), "units": np.array([w.pairs for w in work]),
+        "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
+        "latency_s": t.latency_s.to_numpy(float)})
+    return _points(hw.name, "moe", [frame])
+
+
 def points_for(ds: Dataset, hw: HardwareProfile, op_class: str) -> Points:
     """All measured points of one hardware and operator class (possibly none)."""
     if op_class == "gemm":
@@ -356,4 +393,6 @@ def points_for(ds: Dataset, hw: HardwareProfile, op_class: str) -> Points:
         return allreduce_points(ds, hw)
     if op_class == "send_recv":
         return send_recv_points(ds, hw)
+    if op_class == "moe":
+        return moe_points(ds, hw)
     raise ValueError(f"unknown operator class {op_class}")

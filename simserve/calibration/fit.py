@@ -56,6 +56,7 @@ FREE = {
     "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "reduction_overhead_us", "l2_speedup"),
     "allreduce": ("bandwidth_fraction", "overhead_us", "hop_latency_scale", "switch_bandwidth_fraction"),
     "send_recv": ("bandwidth_fraction", "overhead_us"),
+    "moe": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns"),
 }
 # Streaming kernels are memory-bound, so their FLOP rate cannot be identified from timings; 1/16 of the
 # dense tensor peak is about the CUDA-core FP32 rate of A100/H100, and never binds for these kernels.
@@ -123,6 +124,8 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
             gap = np.where(np.isfinite(log_hi), -np.abs(log_c - log_m), -np.inf)
         log_hi = log_hi + np.log1p(np.exp(q * gap)) / q
     fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s
+    if p.op_class == "moe":                  # ops.moe_time: the streaming kernels after the grouped GEMMs
+        fixed_s = fixed_s + p.stream_bytes / (p.bandwidth_bytes_s * params["bandwidth_fraction"])
     if params.get("splitk_latency_ns", 0.0):   # ops.gemm_time; GEMM points carry k in ``units``
         fixed_s = fixed_s + np.sqrt(p.units) * params["splitk_latency_ns"] * 1e-9
     if p.op_class == "attention_decode":     # ops.decode_attention_time

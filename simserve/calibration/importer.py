@@ -81,6 +81,22 @@ def _aic_allreduce(src: Path) -> pd.DataFrame:
     return pd.concat(parts)
 
 
+def _aic_moe(src: Path) -> pd.DataFrame:
+    """vLLM's unquantized fused MoE (Triton) in bf16: one rank's ``fused_experts`` over ``num_tokens`` tokens
+    with ``num_experts / moe_ep`` local experts of width ``inter_size / moe_tp`` (aiconfigurator
+    collector/vllm/collect_moe.py); ``distribution`` is how the router's choices are spread."""
+    parts = []
+    for hw, (gpu, fw, _) in AIC.items():
+        d = pd.read_parquet(src / "aiconfigurator" / gpu / "moe" / fw / "moe_perf.parquet")
+        d = d[d.moe_dtype == "bfloat16"]
+        parts.append(pd.DataFrame({"hardware": hw, "distribution": d.distribution, "num_tokens": d.num_tokens,
+                                   "hidden_size": d.hidden_size, "inter_size": d.inter_size, "topk": d.topk,
+                                   "num_experts": d.num_experts, "moe_tp": d.moe_tp_size, "moe_ep": d.moe_ep_size,
+                                   "latency_s": d.latency * MS}))
+    out = pd.concat(parts)
+    return out.groupby(list(out.columns[:-1]), as_index=False).latency_s.median()
+
+
 def _vidur_layer_ops(src: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     ops, models = [], []
     shape_cols = ["n_head", "n_kv_head", "n_embd", "n_expanded_embd", "vocab_size", "use_gated_mlp"]
@@ -140,6 +156,7 @@ def regenerate(source: Path = DEFAULT_SOURCE, dest: Path = DEST) -> list[str]:
         "aic_attention_prefill.csv.gz": _aic_attention(source, "context"),
         "aic_attention_decode.csv.gz": _aic_attention(source, "generation"),
         "aic_allreduce.csv.gz": _aic_allreduce(source),
+        "aic_moe.csv.gz": _aic_moe(source),
         "vidur_layer_ops.csv.gz": layer_ops,
         "vidur_models.csv.gz": shapes,
         "vidur_attention.csv.gz": _vidur_attention(source),

@@ -12,7 +12,7 @@ from ..config.yamlio import load_file, loads
 from ..hardware import HardwareProfile
 from .dataset import OP_CLASSES
 
-DATA_DATE = "2026-11-22"    # when the measurements were imported into the repo (see data/README.md)
+DATA_DATE = "2026-12-03"    # when the measurements were imported into the repo (see data/README.md)
 METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator class (numpy Nelder-Mead); "
           "{basis}; 5-fold held-out error by shape, see docs/calibration.md")
 
@@ -68,13 +68,23 @@ def efficiency_block(params: dict[str, dict], step_overhead_us: float, comment: 
     return lines
 
 
-def calibration_block(calibrated: bool, method: str, data_sha256: str | None, p90: float | None) -> list[str]:
+def calibration_block(calibrated: bool, method: str, data_sha256: str | None, p90: float | None,
+                      moe_p90: float | None = None) -> list[str]:
     lines = ["calibration:", f"  calibrated: {'true' if calibrated else 'false'}", f"  method: {_quote(method)}"]
     if data_sha256 is not None:
         lines += [f"  data_sha256: {_quote(data_sha256)}", f"  date: {_quote(DATA_DATE)}"]
     if p90 is not None:
         lines.append(f"  heldout_p90_abs_pct_err: {p90:.1f}")
+    if moe_p90 is not None:
+        lines.append(f"  moe_heldout_p90_abs_pct_err: {moe_p90:.1f}")
     return lines
+
+
+def moe_p90(result, hw: str) -> float | None:
+    """Held-out p90 of the fused MoE class on ``hw``, or on the device it carries the class over from."""
+    source = result.report["carried_over"].get(hw, {}).get("moe", hw)
+    fit = result.report["fit"].get(source, {}).get("moe")
+    return None if fit is None else float(fit["p90_abs_pct_err"])
 
 
 def _quote(s: str) -> str:
@@ -132,9 +142,11 @@ def write_profiles(result, profiles_dir: Path) -> list[Path]:
             basis += "; not measured, carried over: " + ", ".join(f"{oc} from {src}" for oc, src in carried.items())
         method = METHOD.format(basis=basis) + ("; heldout_p90_abs_pct_err is the worse whole-layer step-time error "
                                                "of Vidur's models with same-stack parameters and of vLLM-stack layers "
-                                               "with these parameters")
+                                               "with these parameters; moe_heldout_p90_abs_pct_err is the fused MoE "
+                                               "kernels' (MoE models' error bands take the larger)")
         eff = efficiency_block(params, _step_overhead(path), "fitted by `simserve calibrate`; see calibration")
-        _rewrite(path, eff, calibration_block(True, method, result.data_sha256, step_time_p90(result, hw)))
+        _rewrite(path, eff, calibration_block(True, method, result.data_sha256, step_time_p90(result, hw),
+                                              moe_p90(result, hw)))
         written.append(path)
     return written
 
@@ -162,8 +174,9 @@ def write_carryover_profiles(result, profiles_dir: Path, targets: dict = CARRY_O
         plain = why is _DATAFLOW
         params = carried_params(result.params[source], plain)
         method = (f"carried over from {source} (simserve calibrate, data {result.data_sha256[:12]}): {why}; "
-                  f"heldout_p90_abs_pct_err is {source}'s")
+                  f"heldout_p90_abs_pct_err (and moe_heldout_p90_abs_pct_err) is {source}'s")
         eff = efficiency_block(params, _step_overhead(path), f"not measured: carried over from {source}")
-        _rewrite(path, eff, calibration_block(False, method, None, step_time_p90(result, source)))
+        _rewrite(path, eff, calibration_block(False, method, None, step_time_p90(result, source),
+                                              moe_p90(result, source)))
         written.append(path)
     return written

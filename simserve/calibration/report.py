@@ -44,6 +44,16 @@ WHY = {
                  "over to NCCL, which is ~20% cheaper than NCCL's fixed cost plus bytes predicts.",
     "send_recv": "Vidur's send/recv between the two GPUs of a node is a single stream of messages; the fit "
                  "is good inside a node.",
+    "moe": "vLLM picks the fused MoE kernel's block sizes from tuned tables per (experts, width, GPU) where it "
+           "has them and its default rule otherwise; the model pads every expert's rows by the default rule "
+           "only, so tuned shapes step elsewhere (H100, held out: Mixtral-8x7B's shape at TP 1 and 320-1024 "
+           "tokens is predicted at a median 0.66 of its time). One fixed cost serves the whole kernel sequence, "
+           "so batches of 1-4 tokens are over-predicted (median 1.10), and the work over every token-expert pair "
+           "(sorting, the activation, zero rows for other devices' experts) costs more than its bytes at wide "
+           "parallelism (EP 128-256 or TP 32 at 16-1024 tokens: median 0.81); the rest sits at a median 1.00 "
+           "(`python benchmarks/calibration_variants.py`, variant 7). A100's only timings route by a power law (a "
+           "few hot experts), which the model's uniform routing does not describe (H100's power-law timings, "
+           "predicted by its balanced-routing fit, are off by a median 13-14%: see the cross-checks).",
 }
 
 # Why same-stack whole layers still miss (from the per-layer residuals of this data set; quoted when one does).
@@ -155,7 +165,21 @@ def render_report_md(result) -> str:
         f"- **Fitted domain.** GEMM: n and k >= {MIN_GEMM_DIM} (dense layers at TP <= 8; smaller ones are "
         f"MoE routers). Attention: head_dim {HEAD_DIM} (FlashAttention picks other tiles for other sizes), "
         f"prefill prompts >= {MIN_PREFILL_LEN} tokens, bf16 KV cache, no sliding window. All-reduce: vLLM "
-        "under CUDA graphs. Send/recv: the two GPUs of one node. Points outside are predicted as cross-checks.",
+        "under CUDA graphs. Send/recv: the two GPUs of one node. MoE: vLLM's fused experts in bf16 with the "
+        "most even routing aiconfigurator measured on the device (`balanced` on H100; A100 has only power-law "
+        "routers, and is fitted on the milder, alpha 1.01), except models with a balanced-routing timing faster "
+        "than reading their touched experts' weights at the HBM peak (two of H100's sixteen). Points outside are "
+        "predicted as cross-checks.",
+        "- **MoE layers** (`ops.moe_work`, `ops.moe_time`). vLLM runs a routed FFN as one sequence of kernels "
+        "(`fused_experts`): the token-expert pairs are sorted by expert and each expert's rows padded to a whole "
+        "block (16 rows when the tokens are no more than the experts, else 64: vLLM's default config), two "
+        "grouped GEMMs (gate/up and down) read the touched experts' weights, and the activation and the top-k "
+        "sum run over every pair of every token (with expert parallelism the GEMMs also write zero rows for "
+        "the other devices' pairs). The GEMMs take the roofline over their padded rows, the kernels around them "
+        "their bytes at the same bandwidth fraction, plus a fixed cost and a cost per token-expert pair "
+        "(`unit_overhead_ns`). Before this class the experts were priced as one GEMM with the dense GEMM "
+        "fractions and no padding: on H100's balanced-routing timings that predicted a median 0.62 of the "
+        "measured time (`python benchmarks/calibration_variants.py`, variant 7).",
         "- **GEMM latency in k** (`ops.gemm_time`). A GEMM's fixed cost grows as the square root of its inner "
         "dimension: `overhead_us + splitk_latency_ns * sqrt(k)` (fitted). A thread block walks its slice of k "
         "serially and cuBLAS splits k across blocks whose partial sums are then reduced; a split into s parts "

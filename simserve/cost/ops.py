@@ -255,6 +255,67 @@ def gemm_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: floa
     return OpTime(t.time_s, t.bound, flops, t.bytes)
 
 
+MOE_BLOCK_ROWS_FEW, MOE_BLOCK_ROWS = 16, 64   # vLLM fused_moe get_default_config: BLOCK_SIZE_M by tokens vs experts
+
+
+def moe_experts_touched(num_tokens: float, top_k: int, num_experts: int, ep: int) -> float:
+    """Expected local experts with work on a device holding ``num_experts / ep`` of them, given that it has
+    work at all, under uniform top-k routing of ``num_tokens`` tokens: ``n * P(expert touched) / P(any local
+    expert touched)``; a token's top-k misses the ``n`` local experts with probability C(E-n, k) / C(E, k)."""
+    if num_tokens <= 0:
+        return 0.0
+    n = num_experts // ep
+    miss = math.comb(num_experts - n, top_k) / math.comb(num_experts, top_k)
+    return n * (1.0 - (1.0 - top_k / num_experts) ** num_tokens) / (1.0 - miss ** num_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class MoeWork:
+    """One device's share of vLLM's fused MoE (``fused_experts``: align, gate/up GEMM, activation, down GEMM,
+    top-k sum), in the units :func:`moe_time` prices."""
+
+    flops: float          # the experts' own multiply-adds (token-expert pairs x weights)
+    tile_flops: float     # what the tensor cores compute: every expert's rows padded to whole row blocks
+    gemm_bytes: float     # read by the two grouped GEMMs: touched experts' weights, their pairs' activations
+    stream_bytes: float   # moved by the kernels around them, over all ``tokens x top_k`` pairs
+    pairs: float          # all ``tokens x top_k`` token-expert pairs (sorted by expert, then gathered back)
+
+
+def moe_work(num_tokens: float, top_k: int, num_experts: int, ep: int, imbalance: float, hidden: float,
+             ffn_n: float, ffn_matrices: int, weight_bytes: float, act_bytes: float) -> MoeWork:
+    """The fused MoE of ``num_tokens`` tokens on one of ``ep`` devices, each expert ``ffn_n`` wide here.
+
+    vLLM sorts the token-expert pairs by expert and pads each expert's rows to a whole block of
+    ``BLOCK_SIZE_M`` rows (16 when the tokens are no more than the experts, else 64: its default config),
+    so the GEMMs compute ``touched x ceil(rows per expert / block) x block`` rows, where a device sees
+    ``tokens x top_k / ep`` pairs (times ``imbalance`` on the busiest one) spread over the experts it touches.
+    The activation and the top-k sum run over every pair of every token, local or not, and with ``ep > 1``
+    the GEMMs write zeros for the pairs of other devices' experts (their output rows are allocated for
+    all pairs): that traffic scales with all pairs, not with the device's share."""
+    up_n = (ffn_matrices - 1) * ffn_n
+    all_pairs = num_tokens * top_k
+    pairs = all_pairs / ep * imbalance
+    touched = moe_experts_touched(num_tokens, top_k, num_experts, ep)
+    block = MOE_BLOCK_ROWS_FEW if num_tokens <= num_experts else MOE_BLOCK_ROWS
+    rows = touched * math.ceil(pairs / touched / block) * block if touched else 0.0
+    per_row_flops = 2.0 * (up_n + ffn_n) * hidden
+    gemm_bytes = touched * (up_n + ffn_n) * hidden * weight_bytes + pairs * (2 * hidden + up_n + ffn_n) * act_bytes
+    stream = all_pairs * (up_n + ffn_n + hidden) + num_tokens * hidden + all_pairs * (1.0 - 1.0 / ep) * (up_n + hidden)
+    return MoeWork(pairs * per_row_flops, rows * per_row_flops, gemm_bytes, stream * act_bytes, all_pairs)
+
+
+def moe_time(work: MoeWork, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+    """Fused MoE: the grouped GEMMs' roofline over their padded rows, then the streaming traffic around them
+    at the same bandwidth fraction, plus one fixed cost for the whole sequence of kernels."""
+    compute_s = work.tile_flops / (peak_flops_s * eff.flops_fraction)
+    memory_s = work.gemm_bytes / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    stream_s = work.stream_bytes / (bandwidth_bytes_s * eff.bandwidth_fraction)
+    body_s = combine_s(compute_s, memory_s, eff.overlap_exponent) + stream_s
+    overhead_s = eff.overhead_us * 1e-6 + work.pairs * eff.unit_overhead_ns * 1e-9
+    bound = OVERHEAD if overhead_s > body_s else COMPUTE if compute_s >= memory_s + stream_s else MEMORY
+    return OpTime(overhead_s + body_s, bound, work.flops, work.gemm_bytes + work.stream_bytes)
+
+
 def prefill_attention_flops(num_heads: float, head_dim: float, sum_q_ctx: float, sum_q_sq: float, num_tokens: float) -> float:
     """Causal attention over new tokens. Query j (0-based) of a chunk with ``c`` cached tokens sees
     ``c + j + 1`` keys, so a chunk of ``q`` queries scores ``q*c + q*(q+1)/2`` pairs; QK^T and PV each cost

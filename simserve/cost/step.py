@@ -16,7 +16,7 @@ mean token-expert pairs per device, and the weights of the local experts a devic
 from __future__ import annotations
 
 from dataclasses import dataclass
-from math import ceil, comb
+from math import ceil
 
 from .. import quantization as q
 from ..hardware import HardwareProfile
@@ -216,36 +216,27 @@ class RooflineStep:
     def _ffn_ops(self, T: int) -> list[tuple[str, ops.OpTime]]:
         m, p, e = self.model, self.prec, self.hw.efficiency
         pk, pa, bw, wb, ab = self.peak_flops_s, self.attn_flops_s, self.bw_bytes_s, p.weight_bytes, p.act_bytes
-        l2 = self.l2_bytes
-        up_n = (m.ffn_matrices - 1) * self.ffn_n
-        act = ops.elementwise_time(T, self.ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise, l2)
         if m.num_experts == 1:
+            up_n = (m.ffn_matrices - 1) * self.ffn_n
+            act = ops.elementwise_time(T, self.ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise,
+                                       self.l2_bytes)
             return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
                     ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
-        # MoE: T*k token-expert pairs; the experts touched are read once each (expected count under
-        # uniform routing), the router is a small GEMM. With EP a device holds n = E/ep whole experts and
-        # sees T*k/ep pairs on average (times the imbalance on the busiest device); it reads the local
-        # experts touched given that it has work at all: n * P(expert touched) / P(any local expert
-        # touched), where a token's top-k misses n given experts with probability C(E-n, k) / C(E, k).
-        # ep = 1 gives n = E and that probability 0: every expert, 1/tp of its width.
+        # MoE: vLLM's fused experts kernel sequence (ops.moe_work: T*k token-expert pairs, T*k/ep on each of
+        # ep devices, times the imbalance on the busiest; the touched experts' weights read once each; every
+        # expert's rows padded to whole row blocks), priced with the moe efficiency (the GEMM one when a
+        # profile has none). With ep = 1 every expert is on every device at 1/tp of its width. The
+        # activation is part of the fused sequence. The router is a small GEMM.
         k, E, ep = m.experts_per_token, m.num_experts, self.ep
-        n = E // ep
         ffn_n = self.ffn_n if ep == 1 else m.ffn_size * ep / self.tp
-        up_n = (m.ffn_matrices - 1) * ffn_n
-        miss = comb(E - n, k) / comb(E, k)
-        touched = n * (1.0 - (1.0 - k / E) ** T) / (1.0 - miss ** T) if T else 0.0
-        pairs = T * k / ep * self.moe_load_imbalance
-        flops = ops.gemm_flops(pairs, up_n, m.hidden_size) + ops.gemm_flops(pairs, m.hidden_size, ffn_n)
-        bytes_ = touched * (up_n + ffn_n) * m.hidden_size * wb + pairs * (2 * m.hidden_size + up_n + ffn_n) * ab
+        work = ops.moe_work(T, k, E, ep, self.moe_load_imbalance, m.hidden_size, ffn_n, m.ffn_matrices, wb, ab)
+        experts = ops.moe_time(work, pk, bw, e.moe or e.gemm)
         router = ops.gemm_time(T, E, m.hidden_size, wb, ab, pk, bw, e.gemm)
-        experts = ops.roofline_s(flops, bytes_, pk, bw, e.gemm)
-        act = ops.elementwise_time(pairs, ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise, l2)
         if ep == 1:
-            return [("moe_router", router), ("moe_experts", experts), ("ffn_act", act)]
+            return [("moe_router", router), ("moe_experts", experts)]
         a2a = ops.alltoall_time(self.alltoall_bytes(T), ep, self.ep_link_bw_bytes_s, self.ep_link_latency_s,
                                 e.send_recv)
-        return [("moe_router", router), ("moe_dispatch", a2a), ("moe_experts", experts), ("ffn_act", act),
-                ("moe_combine", a2a)]
+        return [("moe_router", router), ("moe_dispatch", a2a), ("moe_experts", experts), ("moe_combine", a2a)]
 
     def alltoall_bytes(self, T: int) -> float:
         """What one device sends in a dispatch (and again in a combine): its T/ep tokens' hidden states,
