@@ -23,8 +23,6 @@ from .fit import K_FOLDS, SEED, abs_pct_err, aggregate, fit_points, heldout_pred
 AIC, VIDUR = "aiconfigurator", "vidur"
 # a measured device's unmeasured classes are carried over from this device
 CARRY_WITHIN = {"a40-48gb": "a100-sxm-80gb"}
-# ... or, where that device has none either, from this device (A40's MoE: no MoE timings on A100's stack)
-CARRY_CLASS = {"moe": "h100-sxm-80gb"}
 TARGETS = {"op_median": 8.0, "op_p90": 20.0, "iteration_median": 5.0, "iteration_p90": 10.0}
 
 
@@ -91,18 +89,6 @@ def calibrate_class(ds: Dataset, hw_name: str, op_class: str) -> dict | None:
     return out
 
 
-def _checks_with(ds: Dataset, hw_name: str, op_class: str, params: dict) -> list[dict]:
-    """A device's own measurements of a class it carries over, predicted with the carried parameters."""
-    p = points_for(ds, load_profile(hw_name), op_class)
-    checks = []
-    for source in np.unique(p.source):
-        for outside in np.unique(p.outside[p.source == source]):
-            agg, _ = aggregate(p.take((p.source == source) & (p.outside == outside)))
-            checks.append({"source": source, "subset": outside or "carried-over parameters",
-                           **_stats(predict_s(agg, params), agg.latency_s)})
-    return checks
-
-
 def _by_op(ds: Dataset, hw: str, res: dict) -> dict[str, float]:
     """Median held-out predicted/measured per Vidur operator (e.g. RMSNorm vs residual add)."""
     rows = vidur_layer_rows(ds, hw)
@@ -149,14 +135,9 @@ def run_calibration(hardware_names=None, data_dir: Path = DATA_DIR) -> Calibrati
             res = fitted[hw][oc]
             if res is None:
                 source_hw = CARRY_WITHIN.get(hw)
-                if not (source_hw in fitted and fitted[source_hw][oc] is not None):
-                    source_hw = CARRY_CLASS.get(oc, source_hw)
                 report["carried_over"][hw][oc] = source_hw
                 if source_hw in fitted and fitted[source_hw][oc] is not None:
                     params[hw][oc] = dict(fitted[source_hw][oc]["params"])
-                    checks = _checks_with(ds, hw, oc, params[hw][oc])
-                    if checks:
-                        report["cross_checks"][hw][oc] = checks
                 continue
             params[hw][oc] = res["params"]
             med[oc], p90[oc] = res["heldout"]["median_abs_pct_err"], res["heldout"]["p90_abs_pct_err"]
