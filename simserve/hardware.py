@@ -66,7 +66,8 @@ class OpEfficiency(Frozen):
     GEMMs add ``splitk_latency_ns`` and ``row_tile`` (see :func:`simserve.cost.ops.gemm_time`).
     Decode attention uses ``row_bandwidth_gb_s`` (a thread block's walk over its KV tiles) and
     ``relayout_overhead_us`` (the small kernels around it); its ``unit_overhead_ns`` runs alongside the
-    roofline rather than after it (see :func:`simserve.cost.ops.decode_attention_time`).
+    roofline rather than after it (see :func:`simserve.cost.ops.decode_attention_time`). MoE layers' fused
+    experts add ``unit_overhead_ns`` per token-expert pair (see :func:`simserve.cost.ops.moe_time`).
     """
 
     flops_fraction: float = Field(gt=0, le=1)

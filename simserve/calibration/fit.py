@@ -69,7 +69,9 @@ FREE = {
 # (the KV-tile walk's per-block rate, and the cost of the regrouping copies and of the split-KV combine kernel).
 # GEMMs compute whole tiles of 64 activation rows (ops.gemm_rows; smaller power-of-two tiles below 64 rows): a
 # kernel fact, not fitted. A device whose profile documents another tile (``gemm_row_tile``: H100's Hopper kernels
-# run 128-row tiles, see its profile's sources) uses that one instead (fit_points).
+# run 128-row tiles, see its profile's sources) uses that one instead (fit_points). MoE's expert rows are padded
+# to vLLM's default blocks inside ops.moe_work (the points' FLOPs), and its streaming bytes ride on the
+# bandwidth fraction (predict_s), so it fixes nothing.
 FIXED = {
     "gemm": {"row_tile": 64},
     "attention_prefill": {"overlap_exponent": 1.0},

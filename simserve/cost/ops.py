@@ -306,7 +306,8 @@ def moe_work(num_tokens: float, top_k: int, num_experts: int, ep: int, imbalance
 
 def moe_time(work: MoeWork, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
     """Fused MoE: the grouped GEMMs' roofline over their padded rows, then the streaming traffic around them
-    at the same bandwidth fraction, plus one fixed cost for the whole sequence of kernels."""
+    at the same bandwidth fraction, plus one fixed cost for the whole sequence of kernels (``overhead_us``)
+    and one per token-expert pair (``unit_overhead_ns``: sorting the pairs by expert and gathering them back)."""
     compute_s = work.tile_flops / (peak_flops_s * eff.flops_fraction)
     memory_s = work.gemm_bytes / (bandwidth_bytes_s * eff.bandwidth_fraction)
     stream_s = work.stream_bytes / (bandwidth_bytes_s * eff.bandwidth_fraction)
