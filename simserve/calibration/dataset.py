@@ -363,8 +363,7 @@ def moe_points(ds: Dataset, hw: HardwareProfile) -> Points:
     # running the kernel the model describes (balanced routing touches every expert once tokens x top_k >=
     # experts): every timing of that model (hidden, width, top-k, experts) is left out of the fit. A skewed
     # router touches fewer experts than uniform routing would, so the test applies to balanced routing only.
-    hbm_s = np.array([ops.moe_experts_touched(T, int(k), int(E), int(ep)) * 3 * inter / tp * h * ACT_BYTES
-                      for T, h, inter, k, E, tp, ep in zip(*cols)]) / hw.weight_bandwidth_bytes_s
+    hbm_s = np.array([w.weight_bytes for w in work]) / hw.weight_bandwidth_bytes_s
     dist = t.distribution.to_numpy().astype(str)
     basis = next((r for r in MOE_ROUTING if (dist == r).any()), "")
     fitted = dist == basis

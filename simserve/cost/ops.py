@@ -277,6 +277,7 @@ class MoeWork:
     flops: float          # the experts' own multiply-adds (token-expert pairs x weights)
     tile_flops: float     # what the tensor cores compute: every expert's rows padded to whole row blocks
     gemm_bytes: float     # read by the two grouped GEMMs: touched experts' weights, their pairs' activations
+    weight_bytes: float   # the touched experts' weights alone (part of gemm_bytes)
     stream_bytes: float   # moved by the kernels around them, over all ``tokens x top_k`` pairs
     pairs: float          # all ``tokens x top_k`` token-expert pairs (sorted by expert, then gathered back)
 
@@ -299,9 +300,10 @@ def moe_work(num_tokens: float, top_k: int, num_experts: int, ep: int, imbalance
     block = MOE_BLOCK_ROWS_FEW if num_tokens <= num_experts else MOE_BLOCK_ROWS
     rows = touched * math.ceil(pairs / touched / block) * block if touched else 0.0
     per_row_flops = 2.0 * (up_n + ffn_n) * hidden
-    gemm_bytes = touched * (up_n + ffn_n) * hidden * weight_bytes + pairs * (2 * hidden + up_n + ffn_n) * act_bytes
+    weights = touched * (up_n + ffn_n) * hidden * weight_bytes
+    gemm_bytes = weights + pairs * (2 * hidden + up_n + ffn_n) * act_bytes
     stream = all_pairs * (up_n + ffn_n + hidden) + num_tokens * hidden + all_pairs * (1.0 - 1.0 / ep) * (up_n + hidden)
-    return MoeWork(pairs * per_row_flops, rows * per_row_flops, gemm_bytes, stream * act_bytes, all_pairs)
+    return MoeWork(pairs * per_row_flops, rows * per_row_flops, gemm_bytes, weights, stream * act_bytes, all_pairs)
 
 
 def moe_time(work: MoeWork, peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
