@@ -5,36 +5,34 @@
 1. *Tile parity*, model-free: in Vidur's per-layer GEMM timings, the median ratio of the time at ``t``
    128-row tiles to the time at ``t - 1`` (a fixed weight), for ``t`` odd (a new pair of tiles begins) and
    ``t`` even. Equal medians mean 128-row steps; a larger odd median means the rows go 256 at a time.
-2. *Vidur's H100 stack in 256-row tiles*: the same-stack GEMM fit with ``row_tile`` 256 instead of the
-   profile's 128 (the profile fit, on vLLM's stack, unchanged).
-3. *A100 GEMMs in whole waves*: compute time in whole waves of 128 x 256 (rows x weight columns) tiles over
-   the 108 SMs when a grid needs more than one wave, the shape aiconfigurator's A100 tables step in.
+2. *Vidur's H100 stack in the profile's 128-row tiles*: the same-stack fit without the pairing of tiles into
+   clusters of two along the tokens (``dataset.VIDUR_GEMM_ROW_TILE``), as before that was modelled.
+3. *Whole waves on A100's vLLM stack*, model-free then modelled: in aiconfigurator's tables (n, k >= 1024, from
+   256 rows and more than one wave), the median time ratio of neighbouring measured row counts whose grids of
+   128 x 256 (rows x weight columns) tiles take as many waves over the SMs, and of those that add waves; then
+   the A100 fit without the profile's ``gemm_wave_tile`` and with waves of 64-row tiles instead.
 
 4. *One row past a tile boundary on vLLM's stack*, model-free: in aiconfigurator's tables (n, k >= 1024), the
    median and p90 over weights of the time at ``m + 1`` rows over the time at ``m``.
 
 5. *vLLM-stack prefill layers by token count*: the median signed error of the layers of
    ``simserve/calibration/stack_layers.py`` (profile parameters, held out) per prompt-batch token count.
-6. *A per-tile prologue and epilogue*: GEMM compute over ``k + k_overhead`` steps of k instead of ``k`` (each
-   output tile pays a fixed pipeline fill and write-back, worth ``k_overhead`` fitted k-steps), fitted in place
-   of the overlap exponent, which is fixed at 2 or 3 (five parameters stay five).
-
-7. *MoE experts as before the moe class*: vLLM's fused MoE timings on H100 (balanced routing, the fitted
+6. *MoE experts as before the moe class*: vLLM's fused MoE timings on H100 (balanced routing, the fitted
    domain) predicted the way ``RooflineStep`` priced them before: one GEMM roofline over the experts with the
    dense GEMM fractions and no row padding, plus the activation as an elementwise kernel over the device's pairs;
    then where the moe class misses, held out: median predicted/measured by group.
 
-Variants 2, 3 and 6 print the held-out errors ``simserve calibrate`` reports, next to the model as it is.
+7. *Same-stack decode layers by token band*: Vidur's decode layers (<= 256 tokens) predicted with same-stack
+   parameters (held out), median signed and p90 absolute error % per band of token counts.
+
+Variants 2 and 3 print the held-out errors ``simserve calibrate`` reports, next to the model as it is.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
 
-import simserve.calibration.fit as fit
-import simserve.calibration.run as run
 from simserve.calibration import dataset
 from simserve.calibration.dataset import load_dataset, vidur_layer_rows
 from simserve.calibration.run import run_calibration
@@ -87,60 +85,48 @@ def _line(label: str, res, hw: str) -> str:
     return "  ".join(parts)
 
 
-def vidur_tiles(hw: str, tile: int):
-    """``run_calibration`` with Vidur's GEMM points on ``hw`` in ``tile``-row tiles."""
-    plain = dataset._gemm_frame
-
-    def frame(prof, source, m, n, k, latency_s, ref=""):
-        f = plain(prof, source, m, n, k, latency_s, ref)
-        if prof.name == hw and source == "vidur":
-            f["tile_rows"] = float(tile)
-        return f
-    dataset._gemm_frame = frame
+def vidur_row_tile(hw: str, tile: int | None):
+    """``run_calibration`` with Vidur's GEMMs on ``hw`` in ``tile``-row tiles (None: the profile's)."""
+    table = dict(dataset.VIDUR_GEMM_ROW_TILE)
+    dataset.VIDUR_GEMM_ROW_TILE.pop(hw, None)
+    if tile is not None:
+        dataset.VIDUR_GEMM_ROW_TILE[hw] = tile
     try:
         return run_calibration([hw])
     finally:
-        dataset._gemm_frame = plain
+        dataset.VIDUR_GEMM_ROW_TILE.clear()
+        dataset.VIDUR_GEMM_ROW_TILE.update(table)
 
 
-def whole_waves(hw: str, weight_tile: int = 256):
-    """``run_calibration`` with GEMM compute on ``hw`` in whole waves of (row_tile x weight_tile) tiles."""
-    plain = fit.predict_s
+def wave_plateaus(ds, hw: str, tile=(128, 256)) -> dict[str, tuple[float, float, int]]:
+    """{"same waves" | "more waves": (median time ratio, median rows ratio, pairs)} of neighbouring measured row
+    counts of one aiconfigurator weight, both from 256 rows and above one wave of ``tile`` tiles."""
     sms = float(load_profile(hw).sm_count)
+    g = ds.tables["aic_gemm"]
+    g = g[(g.hardware == hw) & (g.n >= 1024) & (g.k >= 1024)]
+    t = g.groupby(["n", "k", "m"]).latency_s.median().reset_index()
+    out: dict[str, list] = {"same waves": [], "more waves": []}
+    for (n, _), s in t.groupby(["n", "k"]):
+        m, y = s.m.to_numpy(float), s.latency_s.to_numpy(float)
+        waves = np.ceil(np.ceil(m / tile[0]) * math.ceil(n / tile[1]) / sms)
+        for i in range(1, len(m)):
+            if m[i - 1] >= 256 and waves[i - 1] > 1:
+                out["same waves" if waves[i] == waves[i - 1] else "more waves"].append((y[i] / y[i - 1], m[i] / m[i - 1]))
+    return {k: (float(np.median([a for a, _ in v])), float(np.median([b for _, b in v])), len(v)) for k, v in out.items()}
 
-    def predict(p, params):
-        if p.op_class != "gemm" or p.hardware != hw:
-            return plain(p, params)
-        n = p.flops / (2.0 * p.rows * p.units)           # GEMM points: flops = 2 m n k, units = k, rows = m
-        tiles = np.ceil(p.rows / (params.get("row_tile") or 64)) * np.ceil(n / weight_tile)
-        waves = np.ceil(tiles / sms)
-        fill = np.where(tiles > sms, tiles / (waves * sms), 1.0)
-        return plain(dataclasses.replace(p, flops=p.flops / fill), params)
-    fit.predict_s = run.predict_s = predict
+
+def a100_waves(tile):
+    """``run_calibration`` on A100 with vLLM-stack GEMM waves of ``tile`` (rows, weight columns), None: no waves."""
+    plain = dataset.gemm_kernel_tiles
+
+    def tiles(hw, source):
+        row, _, _ = plain(hw, source)
+        return (row, *tile) if tile and source != "vidur" else (row, 0, 0)
+    dataset.gemm_kernel_tiles = tiles
     try:
-        return run_calibration([hw])
+        return run_calibration(["a100-sxm-80gb"])
     finally:
-        fit.predict_s = run.predict_s = plain
-
-
-def tile_overhead(hw: str, overlap_exponent: float):
-    """``run_calibration`` with GEMM compute over ``k + k_overhead`` (fitted) and a fixed overlap exponent."""
-    plain, free, fixed = fit.predict_s, fit.FREE["gemm"], fit.FIXED["gemm"]
-
-    def predict(p, params):
-        if p.op_class == "gemm":                          # GEMM points: units = k
-            p = dataclasses.replace(p, flops=p.flops * (p.units + params["k_overhead"]) / p.units)
-        return plain(p, params)
-    fit._TRANSFORMS["k_overhead"] = (math.log, math.exp, 64.0)
-    fit.FREE["gemm"] = tuple(n for n in free if n != "overlap_exponent") + ("k_overhead",)
-    fit.FIXED["gemm"] = {**fixed, "overlap_exponent": overlap_exponent}
-    fit.predict_s = run.predict_s = predict
-    try:
-        return run_calibration([hw])
-    finally:
-        fit.predict_s = run.predict_s = plain
-        fit.FREE["gemm"], fit.FIXED["gemm"] = free, fixed
-        del fit._TRANSFORMS["k_overhead"]
+        dataset.gemm_kernel_tiles = plain
 
 
 def moe_as_before(ds, hw: str) -> tuple[float, float, float]:
@@ -195,6 +181,18 @@ def moe_residuals(ds, hw: str) -> list[tuple[str, float, float, int]]:
     return out
 
 
+def decode_bands(ds, res, hw: str, bands=((1, 32), (33, 64), (65, 128), (129, 256))):
+    """[(band, median signed %, p90 |%|, steps)] of same-stack decode layers on ``hw``."""
+    from simserve.calibration.iteration import layer_steps
+    st = layer_steps(ds, hw, res.vidur_predictions[hw]["in_stack"])
+    err = (st.predicted_s / st.measured_s - 1.0).to_numpy() * 100.0
+    out = []
+    for lo, hi in bands:
+        m = ((st.num_tokens >= lo) & (st.num_tokens <= hi)).to_numpy()
+        out.append((f"{lo}-{hi}", float(np.median(err[m])), float(np.percentile(np.abs(err[m]), 90)), int(m.sum())))
+    return out
+
+
 def main() -> None:
     ds = load_dataset()
     as_is = {hw: run_calibration([hw]) for hw in ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb")}
@@ -202,12 +200,15 @@ def main() -> None:
     for hw in ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb"):
         odd, even, count = tile_parity(ds, hw)
         print(f"   {hw:<16} odd {odd:.3f}  even {even:.3f}  ({count} steps)")
-    print("2. H100, Vidur's stack fitted in 256-row tiles")
-    print("   " + _line("as is (128-row tiles)", as_is["h100-sxm-80gb"], "h100-sxm-80gb"))
-    print("   " + _line("Vidur's GEMMs in 256-row tiles", vidur_tiles("h100-sxm-80gb", 256), "h100-sxm-80gb"))
-    print("3. A100, GEMM compute in whole waves of 128 x 256 tiles over 108 SMs")
-    print("   " + _line("as is", as_is["a100-sxm-80gb"], "a100-sxm-80gb"))
-    print("   " + _line("whole waves above one wave", whole_waves("a100-sxm-80gb"), "a100-sxm-80gb"))
+    print("2. H100, Vidur's stack in the profile's 128-row tiles instead of pairs of them (256 rows)")
+    print("   " + _line("as is (256-row steps)", as_is["h100-sxm-80gb"], "h100-sxm-80gb"))
+    print("   " + _line("Vidur's GEMMs in 128-row tiles", vidur_row_tile("h100-sxm-80gb", None), "h100-sxm-80gb"))
+    print("3. vLLM's stack in whole waves of 128 x 256 tiles: neighbouring row counts (median time ratio, rows ratio, pairs)")
+    for hw in ("a100-sxm-80gb", "h100-sxm-80gb"):
+        print(f"   {hw:<16} " + "  ".join(f"{k}: {t:.3f} (rows x{r:.2f}, {n})" for k, (t, r, n) in wave_plateaus(ds, hw).items()))
+    print("   " + _line("A100 as is (waves of 128 x 256)", as_is["a100-sxm-80gb"], "a100-sxm-80gb"))
+    print("   " + _line("A100 without waves", a100_waves(None), "a100-sxm-80gb"))
+    print("   " + _line("A100 waves of 64 x 256", a100_waves((64, 256)), "a100-sxm-80gb"))
     print("4. vLLM's stack: time at m + 1 rows over time at m (median, p90 over weights with n, k >= 1024)")
     for hw in ("a100-sxm-80gb", "h100-sxm-80gb"):
         steps = row_steps(ds, hw)
@@ -215,18 +216,16 @@ def main() -> None:
     print("5. vLLM-stack prefill layers: median signed error % by tokens (steps)")
     for hw in ("a100-sxm-80gb", "h100-sxm-80gb"):
         print(f"   {hw:<16} " + "  ".join(f"{t}: {e:+.1f} ({n})" for t, e, n in prefill_by_tokens(ds, hw)))
-    print("6. GEMM compute over k + k_overhead (fitted) in place of a fitted overlap exponent")
-    for hw, res in as_is.items():
-        print(f"   {hw:<16} " + _line("as is", res, hw))
-        for q in (2.0, 3.0):
-            print(f"   {hw:<16} " + _line(f"k_overhead, overlap exponent {q:g}", tile_overhead(hw, q), hw))
-    print("7. H100 fused MoE (balanced routing, fitted domain) priced as before the moe class")
+    print("6. H100 fused MoE (balanced routing, fitted domain) priced as before the moe class")
     ratio, med, p90 = moe_as_before(ds, "h100-sxm-80gb")
     fit = as_is["h100-sxm-80gb"].report["fit"]["h100-sxm-80gb"]["moe"]
     print(f"   as before: predicted/measured {ratio:.2f}, error {med:.1f}/{p90:.1f}; the moe class held out: "
           f"predicted/measured {fit['median_pred_over_measured']:.2f}, error {fit['median_abs_pct_err']:.1f}/{fit['p90_abs_pct_err']:.1f}")
     for name, med, low, n in moe_residuals(ds, "h100-sxm-80gb"):
         print(f"   moe held out, {name}: predicted/measured median {med:.2f}, lowest {low:.2f} ({n} points)")
+    print("7. same-stack decode layers by tokens: median signed %, p90 |%| (steps)")
+    for hw, res in as_is.items():
+        print(f"   {hw:<16} " + "  ".join(f"{b}: {med:+.1f}/{p90:.1f} ({n})" for b, med, p90, n in decode_bands(ds, res, hw)))
 
 
 if __name__ == "__main__":

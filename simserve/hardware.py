@@ -53,6 +53,13 @@ class Price(Frozen):
     date: str = Field(description="When this price was observed (YYYY-MM)")
 
 
+class GemmTile(Frozen):
+    """A GEMM thread block's output tile: ``rows`` of the activation (tokens) by ``cols`` of the weight."""
+
+    rows: int = Field(gt=0, le=4096)
+    cols: int = Field(gt=0, le=4096)
+
+
 class OpEfficiency(Frozen):
     """time = overhead + max(flops / (peak * flops_fraction), bytes / (bandwidth * bandwidth_fraction)).
 
@@ -63,7 +70,8 @@ class OpEfficiency(Frozen):
     :func:`simserve.cost.ops.streaming_s`); prefill attention uses ``concurrent_blocks`` for its occupancy.
     Collectives use ``bandwidth_fraction`` and ``overhead_us`` plus ``hop_latency_scale`` (all-reduce: see
     :func:`simserve.cost.ops.allreduce_s`); an all-reduce on a reducing switch adds ``switch_bandwidth_fraction``.
-    GEMMs add ``splitk_latency_ns`` and ``row_tile`` (see :func:`simserve.cost.ops.gemm_time`).
+    GEMMs add ``splitk_latency_ns``, ``row_tile`` and, where the device's kernels run their grid in whole
+    waves, ``wave_tile`` with ``concurrent_blocks`` (see :func:`simserve.cost.ops.gemm_time`).
     Decode attention uses ``row_bandwidth_gb_s`` (a thread block's walk over its KV tiles) and
     ``relayout_overhead_us`` (the small kernels around it); its ``unit_overhead_ns`` runs alongside the
     roofline rather than after it (see :func:`simserve.cost.ops.decode_attention_time`). MoE layers' fused
@@ -85,7 +93,7 @@ class OpEfficiency(Frozen):
     concurrent_blocks: float | None = Field(
         default=None, gt=0,
         description="Thread blocks running at once (about SMs x blocks per SM): streaming kernels' token rows, "
-                    "prefill attention's query tiles x heads; fewer leave SMs idle")
+                    "prefill attention's query tiles x heads, GEMM tiles with a wave_tile; fewer leave SMs idle")
     reduction_overhead_us: float = Field(
         default=0.0, ge=0,
         description="Streaming kernels with a block-wide reduction (norms): extra cost per row (per wave of "
@@ -102,6 +110,10 @@ class OpEfficiency(Frozen):
         default=None, gt=0,
         description="GEMM: activation rows one thread block's tile covers; the compute time counts whole tiles "
                     "(ops.gemm_rows); None: the rows themselves")
+    wave_tile: GemmTile | None = Field(
+        default=None,
+        description="GEMM: the thread-block tile whose grid runs in whole "
+                    "waves of concurrent_blocks tiles once it exceeds one wave (ops.gemm_wave_fill); None: no waves")
     hop_latency_scale: float = Field(
         default=1.0, ge=0, description="Collectives: link latencies per algorithm stage (all-reduce) or hop (send/recv)")
     relayout_overhead_us: float = Field(
@@ -152,6 +164,10 @@ class HardwareProfile(Frozen):
                                       description="GPUs: activation rows of one thread block's tile in the device's "
                                                   "dense GEMM kernels (ops.gemm_rows); None: 64, the calibration's "
                                                   "default")
+    gemm_wave_tile: GemmTile | None = Field(
+        default=None,
+        description="GPUs: the dense GEMM thread-block tile whose grid runs in whole waves "
+                    "over the SMs beyond one wave (ops.gemm_wave_fill); None: the kernels fill the last wave")
     memory: Memory | None = Field(default=None, description="Off-chip memory; absent on SRAM-only chips")
     sram: Sram | None = None
     host_link: Link = Field(description="Device <-> host memory link (PCIe or C2C)")

@@ -10,7 +10,7 @@ import pytest
 
 from simserve.calibration import render_report_md, run_calibration, write_carryover_profiles, write_profiles
 from simserve.calibration import fit as F
-from simserve.calibration.dataset import (MEASURED_HARDWARE, OP_CLASSES, load_dataset, points_for,
+from simserve.calibration.dataset import (MEASURED_HARDWARE, OP_CLASSES, gemm_kernel_tiles, load_dataset, points_for,
                                           vidur_layer_rows)
 from simserve.calibration.profiles import CARRY_OVER, replace_block
 from simserve.cost import ops
@@ -25,7 +25,7 @@ SHARED = Path("/work/shared/calibration")
 # Held-out (median, p90) in percent as measured when this file was written; a change that makes any of
 # them worse by more than half a point fails. Targets: median <= 8, p90 <= 20 per class.
 RECORDED = {
-    ("a100-sxm-80gb", "gemm"): (7.2, 19.1), ("a100-sxm-80gb", "attention_prefill"): (4.8, 18.4),
+    ("a100-sxm-80gb", "gemm"): (6.8, 19.2), ("a100-sxm-80gb", "attention_prefill"): (4.8, 18.4),
     ("a100-sxm-80gb", "attention_decode"): (3.9, 13.4), ("a100-sxm-80gb", "elementwise"): (7.1, 18.6),
     ("a100-sxm-80gb", "allreduce"): (5.3, 11.4), ("a100-sxm-80gb", "send_recv"): (7.2, 19.4),
     ("h100-sxm-80gb", "gemm"): (5.8, 17.0), ("h100-sxm-80gb", "attention_prefill"): (6.0, 18.3),
@@ -37,9 +37,9 @@ RECORDED = {
 }
 MEETS_OP_TARGETS = {k for k, (med, p90) in RECORDED.items() if med <= 8.0 and p90 <= 20.0}
 # whole layers, same-stack parameters: (median, p90); targets 5 and 10
-RECORDED_ITERATION = {"a100-sxm-80gb": (2.5, 7.8), "h100-sxm-80gb": (3.6, 10.3), "a40-48gb": (2.9, 8.2)}
+RECORDED_ITERATION = {"a100-sxm-80gb": (2.5, 7.8), "h100-sxm-80gb": (3.7, 9.8), "a40-48gb": (2.9, 8.2)}
 # whole layers on vLLM's stack (aiconfigurator's kernels), profile parameters: (median, p90)
-RECORDED_VLLM = {"a100-sxm-80gb": (3.1, 10.5), "h100-sxm-80gb": (3.4, 7.9)}
+RECORDED_VLLM = {"a100-sxm-80gb": (2.6, 6.6), "h100-sxm-80gb": (3.4, 7.9)}
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +83,53 @@ def test_folds_are_by_shape(dataset):
 
 
 def test_gemm_row_tile_is_the_profiles_not_fitted(dataset):
-    """GEMM points carry the device's documented row tile (profile gemm_row_tile, 128 on H100) and the fit
-    fixes row_tile to it; devices without one keep the 64-row default. It is never a fitted parameter."""
-    assert "row_tile" not in F.FREE["gemm"]
+    """GEMM points of vLLM's stack carry the device's documented row tile (profile gemm_row_tile, 128 on H100)
+    and the fit fixes row_tile to it; devices without one keep the 64-row default. It is never fitted."""
+    assert "row_tile" not in F.FREE["gemm"] and "wave_tile" not in F.FREE["gemm"]
     for hw, tile in (("h100-sxm-80gb", 128), ("a100-sxm-80gb", 64)):
         p = points_for(dataset, load_profile(hw), "gemm")
-        assert set(p.tile_rows) == ({float(tile)} if hw.startswith("h100") else {0.0})
-        sub = p.take(np.arange(0, len(p), max(1, len(p) // 400)))
+        aic = p.take(p.source == "aiconfigurator")
+        assert set(aic.tile_rows) == ({float(tile)} if hw.startswith("h100") else {0.0})
+        sub = aic.take(np.arange(0, len(aic), max(1, len(aic) // 400)))
         assert F.fit_points(sub)["row_tile"] == tile
+
+
+def test_gemm_kernel_tiles_are_each_stacks(dataset):
+    """vLLM's stack (aiconfigurator) takes the profile's kernel facts: 128-row tiles on H100, and on A100 whole
+    waves of 128 x 256 tiles over its 108 SMs. Vidur's older stack pairs H100's tiles into 256 rows and runs
+    no device in waves. The fit fixes these, per point set, from the points alone."""
+    h100, a100 = load_profile("h100-sxm-80gb"), load_profile("a100-sxm-80gb")
+    assert gemm_kernel_tiles(h100, "aiconfigurator") == (128, 0, 0)
+    assert gemm_kernel_tiles(h100, "vidur") == (256, 0, 0)
+    assert gemm_kernel_tiles(a100, "aiconfigurator") == (0, 128, 256)
+    assert gemm_kernel_tiles(a100, "vidur") == (0, 0, 0)
+    assert gemm_kernel_tiles(load_profile("a40-48gb"), "vidur") == (0, 0, 0)
+    p = points_for(dataset, a100, "gemm")
+    for source, wave in (("aiconfigurator", {"rows": 128, "cols": 256}), ("vidur", None)):
+        sub = p.take(np.flatnonzero(p.source == source)[::50])
+        params = F.fit_points(sub)
+        assert params["wave_tile"] == wave
+        assert params["concurrent_blocks"] == (108.0 if wave else None)
+    hp = points_for(dataset, h100, "gemm")
+    vidur = hp.take(np.flatnonzero(hp.source == "vidur")[::50])
+    assert set(vidur.tile_rows) == {256.0} and F.fit_points(vidur)["row_tile"] == 256
+
+
+def test_a100_waves_priced_as_the_step_model_prices_them(result, dataset):
+    """Multi-wave A100 GEMMs (the points the waves slow) predict as ops.gemm_time with the profile parameters."""
+    profile = load_profile("a100-sxm-80gb")
+    params = result.params["a100-sxm-80gb"]["gemm"]
+    eff = OpEfficiency(**params)
+    assert eff.wave_tile.rows == 128 and eff.wave_tile.cols == 256 and eff.concurrent_blocks == 108
+    p = points_for(dataset, profile, "gemm")
+    m, n, k = np.array([[float(v) for v in key.split("x")] for key in p.key]).T
+    slowed = np.flatnonzero(ops.gemm_wave_fill(m, n, 128, 256, 108) < 0.9)
+    assert len(slowed) > 100
+    idx = slowed[:: max(1, len(slowed) // 40)]
+    got = F.predict_s(p.take(idx), params)
+    for i, g in zip(idx, got):
+        want = ops.gemm_time(m[i], n[i], k[i], 2.0, 2.0, p.peak_flops_s[i], p.bandwidth_bytes_s[i], eff)
+        assert g == pytest.approx(want.time_s, rel=1e-12)
 
 
 def test_fit_is_deterministic(result, dataset):
@@ -135,9 +174,7 @@ def test_whole_iteration_errors_hold(result):
     for hw, (m, p) in RECORDED_ITERATION.items():
         it = result.report["iteration_in_stack"][hw]
         assert it["median_abs_pct_err"] <= m + 0.5 and it["p90_abs_pct_err"] <= p + 0.5
-        assert it["median_abs_pct_err"] <= 5.0
-    assert result.report["iteration_in_stack"]["a100-sxm-80gb"]["p90_abs_pct_err"] <= 10.0
-    assert result.report["iteration_in_stack"]["a40-48gb"]["p90_abs_pct_err"] <= 10.0
+        assert it["median_abs_pct_err"] <= 5.0 and it["p90_abs_pct_err"] <= 10.0    # the issue's targets
     wa = result.report["iteration_in_stack"]["a100-sxm-80gb"]["with_attention"]
     for part in ("decode", "prefill"):
         assert wa[part]["num_steps"] > 1000 and wa[part]["median_abs_pct_err"] <= 5.0 and wa[part]["p90_abs_pct_err"] <= 10.0
@@ -150,12 +187,11 @@ def test_vllm_stack_layers_hold(result):
     for hw, (m, p) in RECORDED_VLLM.items():
         it = result.report["iteration_vllm"][hw]
         assert it["median_abs_pct_err"] <= m + 0.5 and it["p90_abs_pct_err"] <= p + 0.5
-        assert it["median_abs_pct_err"] <= 5.0
+        assert it["median_abs_pct_err"] <= 5.0 and it["p90_abs_pct_err"] <= 10.0    # the issue's targets
         assert it["decode"]["num_steps"] > 300 and it["prefill"]["num_steps"] > 150
         layers = {(lay["models"], lay["tp"]): lay for lay in it["layers"]}
         assert {("llama-3-8b/llama-3.1-8b", 4), ("qwen-72b", 4), ("qwen-72b", 8)} == set(layers)
         assert layers[("llama-3-8b/llama-3.1-8b", 4)]["attention_share"] > 0.1
-    assert result.report["iteration_vllm"]["h100-sxm-80gb"]["p90_abs_pct_err"] <= 10.0
 
 
 def test_layer_gemms_are_the_tensor_parallel_linears():

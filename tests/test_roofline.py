@@ -42,6 +42,30 @@ def test_gemm_rows_staircase_per_row_tile():
     assert load_profile("a100-sxm-80gb").efficiency.gemm.row_tile == 64
 
 
+def test_gemm_waves_slow_only_grids_beyond_one_wave():
+    """A grid of 128 x 256 tiles over 108 SMs: 112 tiles (512 x 7168) take two whole waves, so the compute runs
+    at 112/216 of the device; 84 tiles (384 rows) or exactly 108 (a full wave) are not slowed."""
+    assert ops.gemm_wave_fill(512, 7168, 128, 256, 108) == 112 / 216
+    assert ops.gemm_wave_fill(384, 7168, 128, 256, 108) == 1.0
+    assert ops.gemm_wave_fill(128, 256 * 108, 128, 256, 108) == 1.0
+    assert ops.gemm_wave_fill(np.array([384.0, 512.0, 1024.0]), 7168, 128, 256, 108).tolist() == [1.0, 112 / 216, 224 / 324]
+    # compute-bound: 512 and 768 rows take the same two waves, 1024 rows three
+    eff = OpEfficiency(flops_fraction=1.0, bandwidth_fraction=1.0, overhead_us=0.0, row_tile=64,
+                       wave_tile={"rows": 128, "cols": 256}, concurrent_blocks=108)
+    t = {m: ops.gemm_time(m, 7168, 4096, 2, 2, 1e15, 1e18, eff).time_s for m in (384, 512, 768, 1024)}
+    assert t[512] == pytest.approx(t[768], rel=1e-12) and t[1024] == pytest.approx(1.5 * t[512], rel=1e-12)
+    assert t[384] == pytest.approx(384 * 2 * 7168 * 4096 / 1e15, rel=1e-12)       # one wave: the plain roofline
+    assert ops.gemm_time(512, 7168, 4096, 2, 2, 1e15, 1e18, eff).flops == ops.gemm_flops(512, 7168, 4096)
+    a100 = load_profile("a100-sxm-80gb")
+    assert (a100.gemm_wave_tile.rows, a100.gemm_wave_tile.cols) == (128, 256)
+    assert a100.efficiency.gemm.wave_tile == a100.gemm_wave_tile and a100.efficiency.gemm.concurrent_blocks == a100.sm_count
+    assert load_profile("a100-sxm-40gb").efficiency.gemm.wave_tile == a100.gemm_wave_tile
+    for name in ("h100-sxm-80gb", "h200-sxm-141gb", "b200-180gb", "groq-lpu", "a40-48gb"):
+        assert load_profile(name).efficiency.gemm.wave_tile is None
+    with pytest.raises(ValueError, match="rows"):
+        OpEfficiency(flops_fraction=1.0, bandwidth_fraction=1.0, overhead_us=0.0, wave_tile={"rows": 0, "cols": 256})
+
+
 def test_roofline_picks_the_slower_bound_and_adds_overhead():
     eff = OpEfficiency(flops_fraction=0.5, bandwidth_fraction=0.5, overhead_us=10)
     t = ops.roofline_s(flops=1e12, bytes_=1e9, peak_flops_s=1e15, bandwidth_bytes_s=1e12, eff=eff)

@@ -80,7 +80,9 @@ class Points:
     sms: np.ndarray                # streaming: the GPU's SMs (per-token rows run at once; fixes concurrent_blocks)
     l2_bytes: np.ndarray           # streaming: the device's L2 cache in bytes (ops.streaming_s); 0 elsewhere
     rows: np.ndarray               # GEMM: m, the activation rows (ops.gemm_rows pads them to whole tiles); 0 elsewhere
-    tile_rows: np.ndarray          # GEMM: the device's row tile (profile gemm_row_tile; fixes row_tile), 0 if not given
+    tile_rows: np.ndarray          # GEMM: the stack's row tile (profile gemm_row_tile; fixes row_tile), 0 if not given
+    wave_rows: np.ndarray          # GEMM: rows of the tile whose grid runs in whole waves (profile gemm_wave_tile), 0: none
+    wave_cols: np.ndarray          # GEMM: weight columns of that tile, 0: none
     stream_bytes: np.ndarray       # MoE: bytes of the streaming kernels around the grouped GEMMs (ops.moe_time)
 
     def __len__(self) -> int:
@@ -98,7 +100,7 @@ class Points:
 _ARRAYS = ("source", "key", "ref", "flops", "bytes", "peak_flops_s", "bandwidth_bytes_s", "units", "hop_s", "latency_s",
            "outside", "per_token_blocks", "reductions", "launches", "blocks", "switch", "walk_bytes", "relayout",
            "relayout_bytes", "splitkv", "combine_bytes", "sms",
-           "l2_bytes", "rows", "tile_rows", "stream_bytes")
+           "l2_bytes", "rows", "tile_rows", "wave_rows", "wave_cols", "stream_bytes")
 _TEXT = ("source", "key", "ref", "outside")
 
 
@@ -136,7 +138,8 @@ def _frame(d: dict) -> pd.DataFrame:
     base = {"source": "", "ref": "", "units": 0.0, "hop_s": 0.0, "outside": "", "per_token_blocks": 0.0,
             "reductions": 0.0, "launches": 1.0, "blocks": 0.0, "switch": 0.0, "walk_bytes": 0.0, "relayout": 0.0,
             "relayout_bytes": 0.0, "splitkv": 0.0, "combine_bytes": 0.0,
-            "sms": 0.0, "l2_bytes": 0.0, "rows": 0.0, "tile_rows": 0.0, "stream_bytes": 0.0}
+            "sms": 0.0, "l2_bytes": 0.0, "rows": 0.0, "tile_rows": 0.0, "wave_rows": 0.0, "wave_cols": 0.0,
+            "stream_bytes": 0.0}
     cols = {f: np.broadcast_to(np.asarray(d.get(f, base.get(f))), (n,)) for f in _ARRAYS}
     return pd.DataFrame(cols)
 
@@ -152,14 +155,33 @@ def _points(hw: str, op_class: str, frames: list[pd.DataFrame]) -> Points:
 
 # --- GEMM -----------------------------------------------------------------------------------------
 
+# GEMM kernels of Vidur's stack (2024) where they differ from those the hardware profile documents (vLLM's):
+# H100: 128-token tiles launched in clusters of two along the tokens (cuBLAS's sm90 kernels with
+# ``cgasize1x2x1``; a cluster grid is a whole number of clusters), so the tokens run 256 at a time: Vidur's H100
+# timings step at every second 128-row tile (benchmarks/calibration_variants.py, variant 1). No device's timings
+# on that stack run in whole waves (A100's step at every 64-row tile instead).
+VIDUR_GEMM_ROW_TILE = {"h100-sxm-80gb": 256}
+
+
+def gemm_kernel_tiles(hw: HardwareProfile, source: str) -> tuple[int, int, int]:
+    """(row tile, wave tile rows, wave tile weight columns) of ``source``'s stack on ``hw``; 0: none."""
+    if source == "vidur":
+        return VIDUR_GEMM_ROW_TILE.get(hw.name, hw.gemm_row_tile or 0), 0, 0
+    wave = hw.gemm_wave_tile
+    return hw.gemm_row_tile or 0, wave.rows if wave else 0, wave.cols if wave else 0
+
+
 def _gemm_frame(hw: HardwareProfile, source: str, m, n, k, latency_s, ref="") -> pd.DataFrame:
     m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
     outside = np.where((n < MIN_GEMM_DIM) | (k < MIN_GEMM_DIM), f"n or k < {MIN_GEMM_DIM}", "")
+    row_tile, wave_rows, wave_cols = gemm_kernel_tiles(hw, source)
     return _frame({
         "source": source, "key": _keys(m, n, k), "ref": ref, "outside": outside,
         "flops": ops.gemm_flops(m, n, k), "bytes": ops.gemm_bytes(m, n, k, ACT_BYTES, ACT_BYTES),
         "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
-        "units": k, "rows": m, "tile_rows": float(hw.gemm_row_tile or 0), "latency_s": np.asarray(latency_s, dtype=float)})
+        "units": k, "rows": m, "tile_rows": float(row_tile), "wave_rows": float(wave_rows),
+        "wave_cols": float(wave_cols), "sms": float(hw.sm_count or 0) if wave_rows else 0.0,
+        "latency_s": np.asarray(latency_s, dtype=float)})
 
 
 def vidur_layer_rows(ds: Dataset, hw: str) -> pd.DataFrame:

@@ -46,7 +46,7 @@ _TRANSFORMS: dict[str, tuple[Callable, Callable, float]] = {
 PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "overlap_exponent": None,
          "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None, "concurrent_blocks": None,
          "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None, "relayout_overhead_us": 0.0,
-         "l2_speedup": 1.0, "splitk_latency_ns": 0.0, "row_tile": None}
+         "l2_speedup": 1.0, "splitk_latency_ns": 0.0, "row_tile": None, "wave_tile": None}
 
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
@@ -69,7 +69,9 @@ FREE = {
 # (the KV-tile walk's per-block rate, and the cost of the regrouping copies and of the split-KV combine kernel).
 # GEMMs compute whole tiles of 64 activation rows (ops.gemm_rows; smaller power-of-two tiles below 64 rows): a
 # kernel fact, not fitted. A device whose profile documents another tile (``gemm_row_tile``: H100's Hopper kernels
-# run 128-row tiles, see its profile's sources) uses that one instead (fit_points). MoE's expert rows are padded
+# run 128-row tiles, see its profile's sources) uses that one instead (fit_points). Where a stack runs large GEMM grids in whole
+# waves (A100 on vLLM's: profile ``gemm_wave_tile``) the points carry the tile and the fit fixes it with the SM
+# count as ``concurrent_blocks``; Vidur's stack has its own row tiles (dataset.VIDUR_GEMM_ROW_TILE). MoE's expert rows are padded
 # to vLLM's default blocks inside ops.moe_work (the points' FLOPs), and its streaming bytes ride on the
 # bandwidth fraction (predict_s), so it fixes nothing.
 FIXED = {
@@ -116,7 +118,11 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
         if p.op_class == "gemm" and params.get("row_tile") is not None:   # ops.gemm_time: whole row tiles
             log_c = log_c + np.log(ops.gemm_rows(p.rows, params["row_tile"]) / p.rows)
-        if params.get("concurrent_blocks") is not None:
+        if p.op_class == "gemm" and params.get("wave_tile") is not None:   # ops.gemm_time: whole waves
+            tile = params["wave_tile"]
+            n = p.flops / (2.0 * p.rows * p.units)                         # GEMM points: rows = m, units = k
+            log_c = log_c - np.log(ops.gemm_wave_fill(p.rows, n, tile["rows"], tile["cols"], params["concurrent_blocks"]))
+        elif params.get("concurrent_blocks") is not None:
             log_c = log_c - np.log(ops.occupancy(p.blocks, SimpleNamespace(**params)))
         log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])
     log_hi = np.maximum(log_c, log_m)
@@ -221,6 +227,9 @@ def fit_points(p: Points) -> dict:
     names, fixed = free_params(p), FIXED.get(p.op_class, {})
     if p.op_class == "gemm" and p.tile_rows.any():
         fixed = {**fixed, "row_tile": int(p.tile_rows.max())}
+    if p.op_class == "gemm" and p.wave_rows.any():
+        fixed = {**fixed, "wave_tile": {"rows": int(p.wave_rows.max()), "cols": int(p.wave_cols.max())},
+                 "concurrent_blocks": float(p.sms.max())}
     if p.op_class == "elementwise" and p.sms.any():
         fixed = {**fixed, "concurrent_blocks": float(p.sms.max())}
     stride = -(-len(p) // SUBSET_POINTS)

@@ -37,10 +37,11 @@ CARRY_OVER = {
 }
 _FIELDS = ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "unit_overhead_ns",
            "hop_latency_scale", "row_bandwidth_gb_s", "concurrent_blocks", "reduction_overhead_us",
-           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup", "splitk_latency_ns", "row_tile")
+           "relayout_overhead_us", "switch_bandwidth_fraction", "l2_speedup", "splitk_latency_ns", "row_tile", "wave_tile")
 _DEFAULTS = {"overlap_exponent": None, "unit_overhead_ns": 0.0, "hop_latency_scale": 1.0, "row_bandwidth_gb_s": None,
              "concurrent_blocks": None, "reduction_overhead_us": 0.0, "switch_bandwidth_fraction": None,
-             "relayout_overhead_us": 0.0, "l2_speedup": 1.0, "splitk_latency_ns": 0.0, "row_tile": None}
+             "relayout_overhead_us": 0.0, "l2_speedup": 1.0, "splitk_latency_ns": 0.0, "row_tile": None,
+             "wave_tile": None}
 
 
 def _num(v: float) -> str:
@@ -54,7 +55,10 @@ def _op_line(name: str, params: dict) -> str:
         v = params.get(f, _DEFAULTS.get(f))
         if f in _DEFAULTS and (v is None or (f != "overlap_exponent" and v == _DEFAULTS[f])):
             continue
-        parts.append(f"{f}: {int(v) if f == 'row_tile' else _num(v)}")
+        if f == "wave_tile":
+            parts.append(f"wave_tile: {{rows: {int(v['rows'])}, cols: {int(v['cols'])}}}")
+        else:
+            parts.append(f"{f}: {int(v) if f == 'row_tile' else _num(v)}")
     return f"  {name}: {{{', '.join(parts)}}}"
 
 
@@ -159,7 +163,8 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
                      concurrent_blocks=None, reduction_overhead_us=0.0, switch_bandwidth_fraction=None,
-                     relayout_overhead_us=0.0, l2_speedup=1.0, splitk_latency_ns=0.0, row_tile=None)
+                     relayout_overhead_us=0.0, l2_speedup=1.0, splitk_latency_ns=0.0, row_tile=None,
+                     wave_tile=None)
         out[oc] = q
     return out
 

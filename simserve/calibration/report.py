@@ -14,8 +14,9 @@ from .profiles import CARRY_OVER, DATA_DATE
 WHY = {
     "gemm": "cuBLAS picks a different tile/split-K kernel per shape, so efficiency jumps by 10-20% between "
             "neighbouring shapes near the ridge point (m of 64-512) and for small weights; a smooth roofline "
-            "follows the trend, not the jumps (fixed-tile wave quantisation was tried and was worse; a "
-            "sqrt(k) split-K latency and whole row tiles in m, 64 rows or the profile's gemm_row_tile, are modelled).",
+            "follows the trend, not the jumps (modelled: a sqrt(k) split-K latency, whole row tiles in m, 64 rows "
+            "or the profile's gemm_row_tile, and whole waves of the profile's gemm_wave_tile where the stack runs "
+            "them).",
     "attention_prefill": "occupancy is modelled in whole waves (a kernel's query tiles x heads run "
                          "concurrent_blocks at a time, about 1.1 per SM on A100 and 1.5 on H100, so a small grid "
                          "leaves SMs idle and a part-empty last wave costs a whole one), but prompts of 64-128 "
@@ -51,54 +52,28 @@ WHY = {
            "so batches of 1-4 tokens are over-predicted (median 1.10), and the work over every token-expert pair "
            "(sorting, the activation, zero rows for other devices' experts) costs more than its bytes at wide "
            "parallelism (EP 128-256 or TP 32 at 16-1024 tokens: median 0.81); the rest sits at a median 1.00 "
-           "(`python benchmarks/calibration_variants.py`, variant 7). A100's only timings route by a power law (a "
+           "(`python benchmarks/calibration_variants.py`, variant 6). A100's only timings route by a power law (a "
            "few hot experts), which the model's uniform routing does not describe (H100's power-law timings, "
            "predicted by its balanced-routing fit, are off by a median 13-14%: see the cross-checks).",
 }
 
-# Why same-stack whole layers still miss (from the per-layer residuals of this data set; quoted when one does).
+# Why same-stack whole layers still miss (quoted when one does; figures from benchmarks/calibration_variants.py).
 ITERATION_WHY = (
-    "The layer error is the GEMMs' error: with Vidur's measured GEMMs in place of their predictions the same-stack "
-    "layers (all steps) are within 0.3-0.7% (median) / 1.0-1.9% (p90) on every device, while measured streaming kernels in place "
-    "of theirs change little (H100 all 3.6%/10.3% -> 3.7%/10.3%). What remains is cuBLAS's choice of kernel per "
-    "shape, which a roofline of (m, n, k) over documented tiles does not follow: (1) H100 prefill layers of 264-1024 "
-    "tokens: at a fixed weight the measured time is not even monotone in m (Llama-2-70B at TP 2, FFN down "
-    "projection: 140 us at 512 rows, 375 us at 520, 248 us at 648), so layers of 513-768 tokens are under-predicted "
-    "by 7-14% (median; p90 19-24%) and those of 257-512 miss by a p90 of 12-16%; wave quantisation over the 132 SMs "
-    "with fixed 128 x 128 or 128 x 256 tiles does not follow these steps either (see the GEMM row tiles bullet). "
-    "(2) H100's skinny products (<= 64 rows) of weights under 32 MB run 15-58% faster than predicted (median per "
-    "size band) and those of weights above 256 MB 5-7% slower: one fixed cost and one bandwidth serve every m (at "
-    "<= 32 rows alone, 2.0 us plus the sqrt(k) term and 3.06 TB/s fit them with a p90 of 10%, against a fitted "
-    "fixed cost of ~5 us that larger m need; the same-stack bandwidth fraction sits at its bound of 1). (3) On A40, "
-    "products of large weights at 33-64 rows take a kernel "
-    "1.2-1.55x as slow as at one row, and at 72 rows fall back to 1.1-1.3x (p90 15% for decode layers of 33-64 "
-    "tokens). (4) H100 prefill layers of 70B-class models at TP 1 (Qwen-72B, Llama-2-70B, CodeLlama-34B) are "
-    "under-predicted by 5-7%: their GEMMs with k of 22-29k run at 650-675 TFLOP/s against ~720 for k of 2-4k in kernels "
-    "as long, while products with n = 8192 and k of 2752-7168 run up to 17% faster than predicted at m >= 1024. "
-    "(5) Vidur's H100 GEMMs step at every second 128-row tile (`python benchmarks/calibration_variants.py`: entering "
-    "an odd tile costs a median x1.075, an even one x1.018, where A100's 1.059/1.043 and A40's 1.054/1.065 show no "
-    "such pairing). Fitting Vidur's H100 timings in 256-row tiles meets the layer targets (3.7%/9.8%) but makes that "
-    "stack's held-out GEMM class worse (6.1%/18.2% -> 6.4%/19.4%): 256-row tiles describe the large products that "
-    "dominate a layer's time, not the kernels as a whole, so they were not kept.")
-# Why vLLM-stack whole layers miss (quoted when one does).
+    "The same-stack layer error is the GEMMs' error, where cuBLAS's choice of kernel per shape steps away from a "
+    "roofline of (m, n, k) over documented tiles. A40's decode layers miss on the p90 in two bands of token "
+    "counts (`python benchmarks/calibration_variants.py`, variant 7, median signed / p90 absolute error): "
+    "33-64 tokens -2.7%/15.0% and 129-256 tokens +2.3%/14.2%, against 6.9% and 8.1% (p90) for 1-32 and 65-128 "
+    "tokens: at 33-64 rows its kernels are slower than the 64-row tile predicts, and above 128 rows the "
+    "64-row staircase misses both ways.")
+# Why vLLM-stack whole layers miss (quoted when one does; figures from benchmarks/calibration_variants.py).
 VLLM_WHY = (
-    "A100's GEMMs on vLLM 0.14 run in whole waves of thread blocks: in aiconfigurator's A100 table a product with "
-    "n = 12288 and k = 4096 takes 104 us at 256 rows, 204 us at 384 and at 512, 306 us at 768 and 406 us at 1024, "
-    "one to four waves of 128 x 256 tiles over the 108 SMs, where the roofline rises smoothly; the prefill layers "
-    "these products dominate (Llama-3-8B at TP 4, 512-1024 tokens) are the ones missed. Modelling the waves "
-    "(`python benchmarks/calibration_variants.py`, variant 3) takes these layers to 3.2%/7.5% but the A100 vLLM "
-    "GEMM class to 7.5%/21.0%, over its target, and Vidur's same-stack A100 layers to 3.8%/14.2%: cuBLAS picks the "
-    "tile per shape, and one fixed tile does not follow it. H100's GEMMs on vLLM 0.24 step far less (variant 4: one "
-    "row past 512, 768 or 1024 costs a median 4.5-6.4% more, where a whole extra 128-row tile would cost 13-25%). "
-    "H100's prefill layers miss on the median (5.2%) by a trend in size (variant 5): one flops_fraction serves "
-    "every product, so layers of 128-1024 tokens are over-predicted (+4.7% to +9.6%, median per token count) and "
-    "those of 4096 and more under-predicted (-4.4% to -6.5%): cuBLAS's kernels for large products reach a higher "
-    "fraction of the peak than those for mid-sized ones. A fixed cost per output tile (pipeline fill and write-back, "
-    "fitted as `k_overhead` extra steps of k in place of the fitted overlap exponent; variant 6) does not settle "
-    "it either: with the exponent fixed at 2 A100's vLLM layers meet (3.2%/9.1%) but H100's vLLM GEMM class "
-    "worsens (5.8%/17.0% -> 6.2%/18.0%) and so do its vLLM layers (3.4%/7.9% -> 4.4%/9.5%); at 3, where H100's "
-    "GEMMs fit best (5.4%/15.7%), A100's vLLM layers miss by more (11.3%). No one exponent serves both devices, "
-    "and choosing one per device is fitting it again, so the term was not kept.")
+    "H100's prefill layers on vLLM 0.24 miss on the median by a trend in size (`python "
+    "benchmarks/calibration_variants.py`, variant 5): one flops_fraction serves every product, so layers of "
+    "128-1024 tokens are over-predicted (+4.7% to +9.6%, median per token count) and those of 4096 and more "
+    "under-predicted (-4.4% to -6.5%): cuBLAS's kernels for large products reach a higher fraction of the peak "
+    "than those for mid-sized ones. Its GEMMs neither step in whole tiles (variant 4: one row past 512, 768 or "
+    "1024 costs a median 4.5-6.4% more, where a whole extra 128-row tile would cost 13-25%) nor plateau in "
+    "waves (variant 3).")
 
 
 def _f(v) -> str:
@@ -179,7 +154,7 @@ def render_report_md(result) -> str:
         "their bytes at the same bandwidth fraction, plus a fixed cost and a cost per token-expert pair "
         "(`unit_overhead_ns`). Before this class the experts were priced as one GEMM with the dense GEMM "
         "fractions and no padding: on H100's balanced-routing timings that predicted a median 0.62 of the "
-        "measured time (`python benchmarks/calibration_variants.py`, variant 7).",
+        "measured time (`python benchmarks/calibration_variants.py`, variant 6).",
         "- **GEMM latency in k** (`ops.gemm_time`). A GEMM's fixed cost grows as the square root of its inner "
         "dimension: `overhead_us + splitk_latency_ns * sqrt(k)` (fitted). A thread block walks its slice of k "
         "serially and cuBLAS splits k across blocks whose partial sums are then reduced; a split into s parts "
@@ -213,34 +188,40 @@ def render_report_md(result) -> str:
         "skinny products still take the smallest "
         "power-of-two tile that covers m. It took H100's same-stack layer error (median/p90) from 3.9%/11.9% to "
         "3.6%/10.3% (decode 4.5%/12.2% to 4.0%/9.5%, prefill 3.9%/11.8% to 3.5%/10.4%) and its vLLM GEMM class "
-        "from 5.7%/16.3% to 5.8%/17.0%; A100 and A40 are unchanged. Tried and not kept (no documented basis to "
-        "choose them, and worse): wave quantisation over the SMs with fixed CTA tiles (`ceil(m/tm) ceil(n/tn)` "
-        "tiles in waves of `sm_count`, compute slowed by the part-empty last wave, as `ops.occupancy` does for "
-        "prefill attention): 128 x 128 tiles on every device gave H100 4.4%/11.6% but A100 3.6%/13.8% and A40 "
-        "3.3%/10.7% (all steps), with H100's 128-row tiles and tn of 64, 128 or 256 H100 3.8%/10.3%, 4.2%/11.0%, "
-        "5.0%/12.5%; counting idle SMs below one wave as well was worse still (A100 3.8%/16.2%). cuBLAS picks the tile "
-        "per shape (and Hopper's stream-K scheduler splits work to fill the last wave), which one fixed tile does not "
-        "follow. Taking the larger of the roofline and the sqrt(k) latency instead of their sum: H100 3.9%/12.2%, "
-        "A100 vLLM GEMM p90 20.6%. No tiles below 64 rows on H100 (no wgmma shape has fewer): decode 3.7%/9.9% "
-        "against 4.0%/9.5%, all steps unchanged, so skinny products keep the power-of-two tiles. A fixed cost per "
-        "wave of tiles (`overhead_us` times the waves of `ceil(m/row_tile) ceil(n/tn)` tiles over `sm_count`: a "
-        "persistent thread block's per-tile prologue and epilogue): H100 3.8%/10.1% (tn 128) or 3.8%/10.3% "
-        "(tn 256), but A100's vLLM GEMM p90 22.4% or 20.2%, over its target. The sqrt(k) latency only for grids "
-        "below one wave (where a split of k pays): H100 3.6%/10.7%, A100 decode 4.7%/10.3%. A pipeline fill and "
-        "drain per output tile (the k-loop costed as `k + S * 64`: CUTLASS's 64-deep bf16 k-block on sm90, S "
-        "stages): S = 2, 4, 7 gave H100 3.8%/10.3%, 4.0%/10.3%, 4.3%/10.8%; S = 4 on every device A100 "
-        "2.9%/9.0% and A40 2.9%/9.0%; in place of the sqrt(k) latency H100 3.9%/10.7% with a vLLM GEMM p90 of "
-        "20.9%. Whole thread-block clusters (CUTLASS's tile scheduler rounds the tiles up to whole clusters, "
-        "`round_up(blk_m, size<0>(cluster_shape))`, and its sm90 tests use 2 x 1 x 1 clusters), taken as m "
-        "rounded up to 256 rows above one tile: H100 3.7%/9.8% (prefill 3.8%/9.96%, decode 3.2%/9.2%; vLLM GEMM "
-        "6.1%/18.4%), which would meet the target, but not kept, for want of a basis: PyTorch calls cuBLAS in "
-        "the TN layout with the weight as its A, so the tokens run along cuBLAS's N, and the Hopper kernels of "
-        "vLLM's own profile (vllm-project/vllm `docs/contributing/profiling.md`: "
-        "`sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64`, `256x128x64` with two warpgroups, "
-        "`64x128x64`, `64x64x64`) cover 128 or 64 tokens per tile, so a 2 x 1 cluster pairs tiles along the "
-        "weight's rows, not the tokens (n rounded up to 256 or 512: H100 3.6%/10.3%, 3.7%/10.2%; 4 x 2 clusters "
-        "as in CUTLASS's example 48, m rounded to 512 above 256 rows: 5.3%/13.2%). Weights larger than the L2 "
-        "re-read from DRAM once per row tile: every large GEMM turns memory-bound (H100 41%/62%).",
+        "from 5.7%/16.3% to 5.8%/17.0%; A100 and A40 are unchanged. Tried on H100 and not kept (worse, or "
+        "without a documented basis): wave quantisation over the 132 SMs with fixed tiles (H100's vLLM timings "
+        "show no wave plateaus: see the next bullet), a fixed cost per wave of tiles, the sqrt(k) latency only "
+        "below one wave, the larger of the roofline and that latency instead of their sum, a pipeline fill and "
+        "drain per output tile, no tiles below 64 rows, clusters pairing tiles along the weight's rows "
+        "(CUTLASS's 2 x 1 x 1), and weights larger than the L2 re-read once per row tile (every large GEMM "
+        "memory-bound).",
+        "- **Each stack's GEMM kernels** (profile `gemm_wave_tile`, `ops.gemm_wave_fill`; "
+        "`dataset.VIDUR_GEMM_ROW_TILE`). Tiles are facts of the kernels a software stack runs, read from its "
+        "own timings and named kernels, never fitted; two differ from the rules above. (a) On vLLM's A100 "
+        "stack a grid of more than one wave runs in whole waves of 128-token by 256-weight-column tiles over "
+        "the 108 SMs, so its compute is slowed by the part-empty last wave (`tiles / (SMs x waves)`). In "
+        "aiconfigurator's A100 table a product with n = 12288 and k = 4096 takes 104 us at 256 rows, 204 us at "
+        "384 and at 512, 306 us at 768 and 406 us at 1024: one to four such waves. Over the table (n, k >= "
+        "1024, from 256 rows, beyond one wave) neighbouring row counts whose grids take as many waves differ "
+        "by a median x1.008 for x1.33 the rows, and those that add waves by x1.90 for x2.00 the rows, where "
+        "H100's vLLM timings follow the rows (x1.054 for x1.07; `python benchmarks/calibration_variants.py`, "
+        "variant 3). cuBLAS's sm80 bf16 kernels include this tile "
+        "(`ampere_bf16_s16816gemm_bf16_256x128_ldg8_f2f_stages_64x3_tn` in public nsys traces of PyTorch "
+        "models: 256 of cuBLAS's M, the weight in PyTorch's TN call, by 128 of its N, the tokens). A grid of "
+        "one wave or less is not slowed: there cuBLAS fills the device with smaller tiles or a split of k (the "
+        "64-row tiles and the sqrt(k) latency). Waves took A100's vLLM-stack layers from 3.1%/10.5% to "
+        "2.6%/6.6% (median/p90) and its GEMM class from 7.2%/19.1% to 6.8%/19.2%; waves of 64-row tiles gave "
+        "7.5%/21.0% and 3.2%/7.5% (variant 3; an earlier version of this report described that run as 128 x "
+        "256 tiles). Vidur's older A100 stack steps at every 64-row tile instead (GEMM row tiles bullet) and "
+        "is fitted without waves. (b) Vidur's H100 stack pairs its 128-row tiles along the tokens: its "
+        "timings step at every second 128-row tile (variant 1: entering an odd tile costs a median x1.075, an "
+        "even one x1.018, where A100's 1.059/1.043 and A40's 1.054/1.065 show no pairing), as cuBLAS's sm90 "
+        "kernels launched in clusters of two along N do (`cgasize1x2x1` in their names, e.g. "
+        "`sm90_xmma_gemm_f16f16_f16f32_f32_nt_n_tilesize128x128x64_cgasize1x2x1_...`; a cluster launch covers "
+        "whole clusters, and cuBLAS's N is the tokens in PyTorch's TN call). That stack's GEMMs are fitted in "
+        "256-row steps, which took H100's same-stack layers from 3.6%/10.3% to 3.7%/9.8% and that stack's "
+        "GEMM class from 6.1%/18.2% to 6.4%/19.4% (variant 2). vLLM's own H100 trace names no clusters, so the "
+        "profile (vLLM's stack) keeps 128-row tiles.",
         "- **All-reduce on a reducing switch.** Where the profile says the intra-node switch reduces "
         "(`interconnect.switch_reduction`: H100's third-generation NVSwitch, NVLink SHARP), NCCL's large "
         "messages take the faster of the ring (2(p-1)/p of the message per device) and NVLS (the switch sums "
@@ -310,7 +291,9 @@ def render_report_md(result) -> str:
     for oc in OP_CLASSES:
         fixed = ", ".join(f"{k} = {v}" for k, v in FIXED.get(oc, {}).items()) or "-"
         if oc == "gemm":
-            fixed += " (the profile's gemm_row_tile where given: 128 on H100)"
+            fixed += (" (the profile's gemm_row_tile where given: 128 on H100; 256 on Vidur's H100 stack); "
+                      "wave_tile = the profile's gemm_wave_tile and concurrent_blocks = sm_count where given "
+                      "(A100, vLLM's stack)")
         if oc == "elementwise":
             fixed += ", concurrent_blocks = sm_count"
         out.append(f"| {oc} | {', '.join(FREE[oc])} | {fixed} |")

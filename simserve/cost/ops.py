@@ -242,16 +242,34 @@ def gemm_rows(m, row_tile: int | None):
     return math.ceil(m / row_tile) * float(row_tile)
 
 
+def gemm_wave_fill(m, n, tile_rows: int, tile_cols: int, slots: float):
+    """Busy fraction of a GEMM grid that runs in whole waves: ``ceil(m / tile_rows) ceil(n / tile_cols)`` tiles,
+    at most ``slots`` at once (one tile per SM), so a grid of more than one wave takes
+    ``ceil(tiles / slots)`` whole waves and its compute is slowed by ``tiles / (slots x waves)``. A grid of one
+    wave or less is not slowed: cuBLAS fills the device there with smaller tiles or a split of k (the row tiles
+    and the sqrt(k) latency of :func:`gemm_time`). Scalars or numpy arrays."""
+    tiles = np.ceil(np.asarray(m, dtype=float) / tile_rows) * np.ceil(np.asarray(n, dtype=float) / tile_cols)
+    waves = np.maximum(1.0, np.ceil(tiles / slots))
+    fill = np.where(tiles > slots, tiles / (slots * waves), 1.0)
+    return fill if isinstance(m, np.ndarray) or isinstance(n, np.ndarray) else float(fill)
+
+
 def gemm_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float,
               peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
     """The roofline over the rows the tensor cores multiply (:func:`gemm_rows`: whole ``row_tile`` tiles), plus a
     latency growing as ``sqrt(k)`` (``splitk_latency_ns`` per sqrt(k)): a thread block walks its k-slice
     serially and cuBLAS splits k across blocks, whose partial sums are then reduced; a split into s parts
-    costs ``a k / s + b s``, least at ``2 sqrt(a b k)``. ``OpTime.flops`` is the product's own FLOPs."""
+    costs ``a k / s + b s``, least at ``2 sqrt(a b k)``. Where the device's kernels run a large grid in whole
+    waves (``wave_tile``, ``concurrent_blocks`` tiles at once), the compute is slowed by the part-empty last
+    wave (:func:`gemm_wave_fill`). ``OpTime.flops`` is the product's own FLOPs."""
     overhead_s = eff.overhead_us * 1e-6 + getattr(eff, "splitk_latency_ns", 0.0) * 1e-9 * math.sqrt(k)
     flops = gemm_flops(m, n, k)
-    t = _roofline(gemm_flops(gemm_rows(m, getattr(eff, "row_tile", None)), n, k), gemm_bytes(m, n, k, weight_bytes, act_bytes),
-                  peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
+    tile_flops = gemm_flops(gemm_rows(m, getattr(eff, "row_tile", None)), n, k)
+    wave = getattr(eff, "wave_tile", None)
+    if wave is not None and m > 0:
+        tile_flops /= gemm_wave_fill(m, n, wave.rows, wave.cols, eff.concurrent_blocks)
+    t = _roofline(tile_flops, gemm_bytes(m, n, k, weight_bytes, act_bytes), peak_flops_s, bandwidth_bytes_s, eff,
+                  overhead_s)
     return OpTime(t.time_s, t.bound, flops, t.bytes)
 
 
