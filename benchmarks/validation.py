@@ -13,6 +13,7 @@ the stated assumption.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -57,7 +58,6 @@ def check_value(case: dict, rows: pd.DataFrame) -> pd.Series:
     row = match.iloc[0]
     value = float(case["published"])
     if case.get("from") == "notes":
-        import re
         found = {_number(m) for m in re.findall(r"\d[\d,]*\.?\d*", str(row.notes))}
         if value not in found:
             raise ValueError(f"{case['case']}: {value} is not in the row's notes")
@@ -67,13 +67,11 @@ def check_value(case: dict, rows: pd.DataFrame) -> pd.Series:
 
 
 def _static_batch(template: Path, overrides: list[str]) -> int:
-    """The most sequences whose prompt + output fit in one replica's KV cache, at most STATIC_BATCH_CAP."""
+    """The most sequences whose prompt + output fit in one replica's KV cache, at most STATIC_BATCH_CAP
+    (from a one-request run of the case: its memory plan and its one request's tokens)."""
     probe = simulate(template, overrides + ["workload.num_requests=1"]).summary
-    spec = yaml.safe_load(template.read_text())["workload"]
-    tokens = dict(o.split("=", 1) for o in overrides)
-    prompt = int(tokens.get("workload.prompt_tokens.value", spec["prompt_tokens"]["value"]))
-    output = int(tokens.get("workload.output_tokens.value", spec["output_tokens"]["value"]))
-    return int(min(STATIC_BATCH_CAP, probe["memory_per_device"]["kv_capacity_tokens"] // (prompt + output)))
+    tokens = probe["total_input_tokens"] + probe["total_output_tokens"]
+    return int(min(STATIC_BATCH_CAP, probe["memory_per_device"]["kv_capacity_tokens"] // tokens))
 
 
 def replay(case: dict) -> tuple[float, list[str]]:

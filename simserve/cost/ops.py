@@ -80,9 +80,15 @@ def occupancy(blocks, eff: OpEfficiency):
     a block count (``blocks <= 0``)."""
     if eff.concurrent_blocks is None:
         return np.ones_like(blocks, dtype=float) if isinstance(blocks, np.ndarray) else 1.0
+    return wave_occupancy(blocks, eff.concurrent_blocks)
+
+
+def wave_occupancy(blocks, slots: float):
+    """``blocks / (slots x waves)`` for ``ceil(blocks / slots)`` whole waves (at least one) of ``slots`` thread
+    blocks at a time; 1 for ``blocks <= 0``. Scalars or numpy arrays (a numpy result)."""
     b = np.asarray(blocks, dtype=float)
-    waves = np.maximum(1.0, np.ceil(b / eff.concurrent_blocks))
-    return np.where(b > 0, b / (eff.concurrent_blocks * waves), 1.0)
+    waves = np.maximum(1.0, np.ceil(b / slots))
+    return np.where(b > 0, b / (slots * waves), 1.0)
 
 
 def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
@@ -249,8 +255,7 @@ def gemm_wave_fill(m, n, tile_rows: int, tile_cols: int, slots: float):
     wave or less is not slowed: cuBLAS fills the device there with smaller tiles or a split of k (the row tiles
     and the sqrt(k) latency of :func:`gemm_time`). Scalars or numpy arrays."""
     tiles = np.ceil(np.asarray(m, dtype=float) / tile_rows) * np.ceil(np.asarray(n, dtype=float) / tile_cols)
-    waves = np.maximum(1.0, np.ceil(tiles / slots))
-    fill = np.where(tiles > slots, tiles / (slots * waves), 1.0)
+    fill = np.where(tiles > slots, wave_occupancy(tiles, slots), 1.0)
     return fill if isinstance(m, np.ndarray) or isinstance(n, np.ndarray) else float(fill)
 
 
