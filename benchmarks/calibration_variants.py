@@ -25,6 +25,10 @@
 7. *Same-stack decode layers by token band*: Vidur's decode layers (<= 256 tokens) predicted with same-stack
    parameters (held out), median signed and p90 absolute error % per band of token counts.
 
+8. *H100 FP8 linear layers*: vLLM's per-tensor FP8 linear layers (aiconfigurator, fitted domain) priced as before
+   the gemm_fp8 class (the bf16 GEMM parameters at the FP8 peak, one byte per weight), then the class held out:
+   median predicted/measured by bands of m (tokens) and n (weight columns).
+
 Variants 2 and 3 print the held-out errors ``simserve calibrate`` reports, next to the model as it is.
 """
 from __future__ import annotations
@@ -193,6 +197,39 @@ def decode_bands(ds, res, hw: str, bands=((1, 32), (33, 64), (65, 128), (129, 25
     return out
 
 
+def fp8_as_before(ds) -> tuple[float, float, float]:
+    """(median predicted/measured, median, p90 |error| %) of H100's FP8 linear layers priced as bf16 GEMMs at the FP8 peak."""
+    from simserve.calibration.dataset import points_for
+    from simserve.cost import ops
+    profile = load_profile("h100-sxm-80gb")
+    p = points_for(ds, profile, "gemm_fp8")
+    keep = p.outside == ""
+    pred = np.array([ops.gemm_time(m, n, k, 1.0, 2.0, profile.peak_flops_s("fp8"), profile.weight_bandwidth_bytes_s,
+                                   profile.efficiency.gemm).time_s
+                     for m, n, k in (map(float, key.split("x")) for key in p.key[keep])])
+    ratio = pred / p.latency_s[keep]
+    err = np.abs(ratio - 1.0) * 100.0
+    return float(np.median(ratio)), float(np.median(err)), float(np.percentile(err, 90))
+
+
+def fp8_residuals(ds) -> tuple[list[str], list[tuple[str, list[float]]]]:
+    """(n bands, [(m band, median held-out predicted/measured per n band)]) of the gemm_fp8 class on H100."""
+    from simserve.calibration.run import calibrate_class
+    k = calibrate_class(ds, "h100-sxm-80gb", "gemm_fp8")["aic_kernels"].reset_index()
+    mnk = np.array([[float(v) for v in key.split("x")] for key in k.key])
+    ratio = (k.predicted_s / k.measured_s).to_numpy()
+    m_bands, n_bands = [(1, 64), (65, 128), (129, 512), (513, 2048), (2049, 8192), (8193, 65536)], \
+        [(256, 2048), (2049, 8192), (8193, 1 << 20)]
+    rows = []
+    for lo, hi in m_bands:
+        cells = []
+        for nlo, nhi in n_bands:
+            sel = (mnk[:, 0] >= lo) & (mnk[:, 0] <= hi) & (mnk[:, 1] >= nlo) & (mnk[:, 1] <= nhi) & (mnk[:, 2] >= 256)
+            cells.append(float(np.median(ratio[sel])) if sel.any() else float("nan"))
+        rows.append((f"m {lo}-{hi}", cells))
+    return [f"n {lo}-{hi}" for lo, hi in n_bands], rows
+
+
 def main() -> None:
     ds = load_dataset()
     as_is = {hw: run_calibration([hw]) for hw in ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb")}
@@ -226,6 +263,15 @@ def main() -> None:
     print("7. same-stack decode layers by tokens: median signed %, p90 |%| (steps)")
     for hw, res in as_is.items():
         print(f"   {hw:<16} " + "  ".join(f"{b}: {med:+.1f}/{p90:.1f} ({n})" for b, med, p90, n in decode_bands(ds, res, hw)))
+    print("8. H100 FP8 linear layers (vLLM per-tensor FP8, fitted domain)")
+    ratio, med, p90 = fp8_as_before(ds)
+    fp8 = as_is["h100-sxm-80gb"].report["fit"]["h100-sxm-80gb"]["gemm_fp8"]
+    print(f"   as before (bf16 GEMM parameters at the FP8 peak): predicted/measured {ratio:.2f}, error {med:.1f}/{p90:.1f}; "
+          f"the gemm_fp8 class held out: {fp8['median_abs_pct_err']:.1f}/{fp8['p90_abs_pct_err']:.1f}")
+    cols, rows = fp8_residuals(ds)
+    print("   held out, median predicted/measured: " + ", ".join(cols))
+    for name, cells in rows:
+        print(f"   {name:<14} " + "  ".join(f"{c:.2f}" for c in cells))
 
 
 if __name__ == "__main__":

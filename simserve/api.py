@@ -37,7 +37,8 @@ def simulate(scenario: str | Path | dict | Resolved, overrides: list[str] | tupl
     summary = summarize(resolved, rec, df)
     if bands:
         from .fidelity import fidelity_block, step_time_error
-        e = step_time_error(resolved.hardware, moe=resolved.model.num_experts > 1)
+        e = step_time_error(resolved.hardware, moe=resolved.model.num_experts > 1,
+                            fp8=resolved.precision.compute_dtype == "fp8")
         faster, slower = (summarize(resolved, sim.run(resolved, step_scale=k)) for k in (1 - e, 1 + e))
         summary["fidelity"] = fidelity_block(summary, faster, slower, e, resolved.hardware.calibration.calibrated)
     return Result(summary, df, resolved)

@@ -13,15 +13,18 @@ UNCALIBRATED_DEFAULT = 0.25     # no measurement behind the profile at all
 UNCALIBRATED_FACTOR = 2.0       # carried over from a measured device: twice that device's error
 
 
-def step_time_error(hw: HardwareProfile, moe: bool = False) -> float:
+def step_time_error(hw: HardwareProfile, moe: bool = False, fp8: bool = False) -> float:
     """Relative step-time error ``e`` used for the bands of results on ``hw``; ``moe``: of a mixture-of-experts
-    model, whose fused expert kernels may be predicted worse than whole dense layers (the larger of the two)."""
+    model, whose fused expert kernels may be predicted worse than whole dense layers; ``fp8``: with FP8
+    activations, whose linear layers likewise (the largest that applies)."""
     cal = hw.calibration
     if cal.heldout_p90_abs_pct_err is None:
         return UNCALIBRATED_DEFAULT
     p90 = cal.heldout_p90_abs_pct_err
     if moe and cal.moe_heldout_p90_abs_pct_err is not None:
         p90 = max(p90, cal.moe_heldout_p90_abs_pct_err)
+    if fp8 and cal.fp8_heldout_p90_abs_pct_err is not None:
+        p90 = max(p90, cal.fp8_heldout_p90_abs_pct_err)
     e = p90 / 100.0
     return e if cal.calibrated else UNCALIBRATED_FACTOR * e
 

@@ -134,6 +134,9 @@ class Efficiency(Frozen):
     elementwise: OpEfficiency
     allreduce: OpEfficiency = Field(description="bandwidth_fraction of the link's bus bandwidth; overhead per call")
     send_recv: OpEfficiency
+    gemm_fp8: OpEfficiency | None = Field(
+        default=None, description="GEMMs with FP8 activations (W8A8-FP8: vLLM's per-tensor FP8 linear layers); "
+                                  "None: the gemm parameters at the FP8 peak")
     moe: OpEfficiency | None = Field(
         default=None, description="MoE layers' fused experts kernels (ops.moe_time); None: the gemm fractions")
     step_overhead_us: float = Field(ge=0, description="Per-iteration framework cost (scheduling, sampling, launch)")
@@ -147,6 +150,8 @@ class Calibration(Frozen):
     heldout_p90_abs_pct_err: float | None = Field(default=None, ge=0)
     moe_heldout_p90_abs_pct_err: float | None = Field(
         default=None, ge=0, description="Held-out p90 error of the fused MoE kernels (MoE models' error bands)")
+    fp8_heldout_p90_abs_pct_err: float | None = Field(
+        default=None, ge=0, description="Held-out p90 error of the FP8 linear layers (error bands with FP8 activations)")
 
 
 class HardwareProfile(Frozen):

@@ -21,7 +21,8 @@ def test_calibrate_report_reproduces_the_docs(tmp_path):
     for key in ("heldout_median_abs_pct_err", "heldout_p90_abs_pct_err", "iteration"):
         assert set(numbers[key]) >= {"a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb"}
     assert set(numbers["heldout_p90_abs_pct_err"]["h100-sxm-80gb"]) == {
-        "gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe"}
+        "gemm", "gemm_fp8", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe"}
+    assert "gemm_fp8" not in numbers["heldout_p90_abs_pct_err"]["a100-sxm-80gb"]       # no FP8 tensor cores
     assert set(numbers["iteration_vllm"]) == {"a100-sxm-80gb", "h100-sxm-80gb"}     # A40: no vLLM timings
 
 
@@ -30,10 +31,10 @@ def test_calibrate_table_ends_with_the_whole_layers():
     assert res.exit_code == 0, res.output
     lines = res.stdout.splitlines()
     assert lines[0].split() == ["hardware", "operator", "class", "median", "%", "p90", "%"]
-    assert [line.split()[1] for line in lines[1:8]] == sorted(
-        ["gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe"])
-    assert lines[8].startswith("h100-sxm-80gb   layer, Vidur stack") and lines[9].startswith("h100-sxm-80gb   layer, vLLM stack")
-    assert len(lines) == 10
+    assert [line.split()[1] for line in lines[1:9]] == sorted(
+        ["gemm", "gemm_fp8", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe"])
+    assert lines[9].startswith("h100-sxm-80gb   layer, Vidur stack") and lines[10].startswith("h100-sxm-80gb   layer, vLLM stack")
+    assert len(lines) == 11
 
 
 def test_calibrate_rejects_unmeasured_hardware():

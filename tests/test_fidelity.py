@@ -40,6 +40,20 @@ def test_moe_models_take_the_larger_of_the_layer_and_moe_errors():
     assert step_time_error(h200, moe=True) == pytest.approx(2 * step_time_error(hw, moe=True))
 
 
+def test_fp8_activations_take_the_fp8_linear_error_where_it_is_larger():
+    hw = load_profile("h100-sxm-80gb")
+    cal = hw.calibration
+    assert cal.fp8_heldout_p90_abs_pct_err > cal.heldout_p90_abs_pct_err
+    assert step_time_error(hw, fp8=True) == pytest.approx(cal.fp8_heldout_p90_abs_pct_err / 100)
+    assert step_time_error(hw, moe=True, fp8=True) == pytest.approx(
+        max(cal.moe_heldout_p90_abs_pct_err, cal.fp8_heldout_p90_abs_pct_err) / 100)
+    assert load_profile("a100-sxm-80gb").calibration.fp8_heldout_p90_abs_pct_err is None     # no FP8 compute
+    # the API passes the scenario's compute dtype
+    scenario = dict(_tiny(), hardware="h100-sxm-80gb", precision={"weights": "fp8", "activations": "fp8"})
+    assert simserve.simulate(scenario, bands=True).summary["fidelity"]["step_time_error"] == pytest.approx(
+        cal.fp8_heldout_p90_abs_pct_err / 100)
+
+
 def test_bands_scale_a_lone_request_exactly():
     r = simserve.simulate(_tiny(), bands=True)
     fid = r.summary["fidelity"]

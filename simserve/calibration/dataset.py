@@ -24,7 +24,14 @@ from ..cost import ops
 from ..hardware import HardwareProfile
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-OP_CLASSES = ("gemm", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv", "moe")
+OP_CLASSES = ("gemm", "gemm_fp8", "attention_prefill", "attention_decode", "elementwise", "allreduce", "send_recv",
+              "moe")
+GEMM_CLASSES = {"gemm": "bf16", "gemm_fp8": "fp8"}     # GEMM operator classes and their compute dtype
+
+
+def runs_class(hw: "HardwareProfile", op_class: str) -> bool:
+    """Whether a device has the compute an operator class needs (FP8 GEMMs need FP8 tensor cores)."""
+    return op_class not in GEMM_CLASSES or GEMM_CLASSES[op_class] in hw.peak_tflops
 MEASURED_HARDWARE = ("a100-sxm-80gb", "h100-sxm-80gb", "a40-48gb")
 
 ACT_BYTES = 2.0     # every measurement here is bf16/fp16 activations, weights and KV cache
@@ -171,16 +178,20 @@ def gemm_kernel_tiles(hw: HardwareProfile, source: str) -> tuple[int, int, int]:
     return hw.gemm_row_tile or 0, wave.rows if wave else 0, wave.cols if wave else 0
 
 
-def _gemm_frame(hw: HardwareProfile, source: str, m, n, k, latency_s, ref="") -> pd.DataFrame:
+def _gemm_frame(hw: HardwareProfile, source: str, m, n, k, latency_s, ref="", dtype: str = "bf16") -> pd.DataFrame:
+    """GEMM points priced as ``ops.gemm_time`` is by the step model: ``dtype`` picks the peak and the weight
+    bytes (fp8: W8A8, one byte per weight); activations in and out are 16-bit in every scheme."""
     m, n, k = (np.asarray(x, dtype=float) for x in (m, n, k))
+    weight_bytes = 1.0 if dtype == "fp8" else ACT_BYTES
+    fp8 = dtype == "fp8"                       # vLLM's CUTLASS FP8 linear: its own tiles (ops.fp8_linear_time)
     outside = np.where((n < MIN_GEMM_DIM) | (k < MIN_GEMM_DIM), f"n or k < {MIN_GEMM_DIM}", "")
-    row_tile, wave_rows, wave_cols = gemm_kernel_tiles(hw, source)
+    row_tile, wave_rows, wave_cols = (0, 0, 0) if fp8 else gemm_kernel_tiles(hw, source)
     return _frame({
         "source": source, "key": _keys(m, n, k), "ref": ref, "outside": outside,
-        "flops": ops.gemm_flops(m, n, k), "bytes": ops.gemm_bytes(m, n, k, ACT_BYTES, ACT_BYTES),
-        "peak_flops_s": hw.peak_flops_s("bf16"), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
+        "flops": ops.gemm_flops(m, n, k), "bytes": ops.gemm_bytes(m, n, k, weight_bytes, ACT_BYTES),
+        "peak_flops_s": hw.peak_flops_s(dtype), "bandwidth_bytes_s": hw.weight_bandwidth_bytes_s,
         "units": k, "rows": m, "tile_rows": float(row_tile), "wave_rows": float(wave_rows),
-        "wave_cols": float(wave_cols), "sms": float(hw.sm_count or 0) if wave_rows else 0.0,
+        "wave_cols": float(wave_cols), "sms": float(hw.sm_count or 0) if (wave_rows or fp8) else 0.0,
         "latency_s": np.asarray(latency_s, dtype=float)})
 
 
@@ -232,15 +243,19 @@ def vidur_layer_rows(ds: Dataset, hw: str) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def gemm_points(ds: Dataset, hw: HardwareProfile) -> Points:
-    frames = []
+def gemm_points(ds: Dataset, hw: HardwareProfile, op_class: str = "gemm") -> Points:
+    """bf16 GEMMs (aiconfigurator's vLLM tables and Vidur's layers) or, for ``gemm_fp8``, vLLM's per-tensor
+    FP8 linear layers (aiconfigurator, H100)."""
+    dtype, frames = GEMM_CLASSES[op_class], []
     a = ds.tables["aic_gemm"]
-    a = a[(a.hardware == hw.name) & (a.dtype == "bf16")]
-    frames.append(_gemm_frame(hw, "aiconfigurator", a.m, a.n, a.k, a.latency_s))
-    v = vidur_layer_rows(ds, hw.name)
-    v = v[v.op.map(VIDUR_LAYER_OPS) == "gemm"]
-    frames.append(_gemm_frame(hw, "vidur", v.m, v.n, v.k, v.latency_s, v.ref.to_numpy()))
-    return _points(hw.name, "gemm", frames)
+    a = a[(a.hardware == hw.name) & (a.dtype == dtype)]
+    if len(a):
+        frames.append(_gemm_frame(hw, "aiconfigurator", a.m, a.n, a.k, a.latency_s, dtype=dtype))
+    if dtype == "bf16":
+        v = vidur_layer_rows(ds, hw.name)
+        v = v[v.op.map(VIDUR_LAYER_OPS) == "gemm"]
+        frames.append(_gemm_frame(hw, "vidur", v.m, v.n, v.k, v.latency_s, v.ref.to_numpy()))
+    return _points(hw.name, op_class, frames)
 
 
 # --- streaming (elementwise) ops -------------------------------------------------------------------
@@ -404,8 +419,8 @@ def moe_points(ds: Dataset, hw: HardwareProfile) -> Points:
 
 def points_for(ds: Dataset, hw: HardwareProfile, op_class: str) -> Points:
     """All measured points of one hardware and operator class (possibly none)."""
-    if op_class == "gemm":
-        return gemm_points(ds, hw)
+    if op_class in GEMM_CLASSES:
+        return gemm_points(ds, hw, op_class)
     if op_class == "elementwise":
         return elementwise_points(ds, hw)
     if op_class in ("attention_prefill", "attention_decode"):

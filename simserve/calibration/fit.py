@@ -12,6 +12,7 @@ into ``K`` folds; each fold is predicted by parameters fitted on the other ``K -
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from types import SimpleNamespace
@@ -51,6 +52,7 @@ PLAIN = {"flops_fraction": 1.0, "bandwidth_fraction": 1.0, "overhead_us": 0.0, "
 # Free parameters per operator class; the rest stay at PLAIN unless fixed here.
 FREE = {
     "gemm": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "splitk_latency_ns"),
+    "gemm_fp8": ("flops_fraction", "bandwidth_fraction", "overhead_us", "overlap_exponent", "row_bandwidth_gb_s"),
     "attention_prefill": ("flops_fraction", "bandwidth_fraction", "overhead_us", "unit_overhead_ns", "concurrent_blocks"),
     "attention_decode": ("bandwidth_fraction", "overhead_us", "unit_overhead_ns", "row_bandwidth_gb_s", "relayout_overhead_us"),
     "elementwise": ("bandwidth_fraction", "overhead_us", "row_bandwidth_gb_s", "reduction_overhead_us", "l2_speedup"),
@@ -74,6 +76,8 @@ FREE = {
 # count as ``concurrent_blocks``; Vidur's stack has its own row tiles (dataset.VIDUR_GEMM_ROW_TILE). MoE's expert rows are padded
 # to vLLM's default blocks inside ops.moe_work (the points' FLOPs), and its streaming bytes ride on the
 # bandwidth fraction (predict_s), so it fixes nothing.
+# FP8 linear layers (ops.fp8_linear_time) run vLLM's CUTLASS tiles, one per SM at a time (``concurrent_blocks``, the
+# SM count, fixed in fit_points); their fifth parameter is the per-block rate of the input's quantization rows.
 FIXED = {
     "gemm": {"row_tile": 64},
     "attention_prefill": {"overlap_exponent": 1.0},
@@ -114,6 +118,12 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
     if p.op_class == "elementwise":
         return ops.streaming_s(p.units, p.flops, p.bytes, p.per_token_blocks > 0, p.reductions, p.launches,
                                p.peak_flops_s, p.bandwidth_bytes_s, SimpleNamespace(**params), p.l2_bytes)
+    quant_s = 0.0
+    if p.op_class == "gemm_fp8":             # ops.fp8_linear_time: whole waves of CUTLASS tiles after the quantization
+        n = p.flops / (2.0 * p.rows * p.units)                          # GEMM points: rows = m, units = k
+        eff = SimpleNamespace(**params)
+        quant_s = ops.fp8_quant_s(p.rows, p.units, p.bandwidth_bytes_s, eff)
+        p = dataclasses.replace(p, flops=ops.fp8_wave_flops(p.rows, n, p.units, params["concurrent_blocks"]))
     with np.errstate(divide="ignore"):
         log_c = np.log(p.flops / p.peak_flops_s) - math.log(params["flops_fraction"])
         if p.op_class == "gemm" and params.get("row_tile") is not None:   # ops.gemm_time: whole row tiles
@@ -122,7 +132,7 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
             tile = params["wave_tile"]
             n = p.flops / (2.0 * p.rows * p.units)                         # GEMM points: rows = m, units = k
             log_c = log_c - np.log(ops.gemm_wave_fill(p.rows, n, tile["rows"], tile["cols"], params["concurrent_blocks"]))
-        elif params.get("concurrent_blocks") is not None:
+        elif p.op_class == "attention_prefill" and params.get("concurrent_blocks") is not None:
             log_c = log_c - np.log(ops.occupancy(p.blocks, SimpleNamespace(**params)))
         log_m = np.log(p.bytes / p.bandwidth_bytes_s) - math.log(params["bandwidth_fraction"])
     log_hi = np.maximum(log_c, log_m)
@@ -131,7 +141,7 @@ def predict_s(p: Points, params: dict) -> np.ndarray:
         with np.errstate(invalid="ignore"):
             gap = np.where(np.isfinite(log_hi), -np.abs(log_c - log_m), -np.inf)
         log_hi = log_hi + np.log1p(np.exp(q * gap)) / q
-    fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s
+    fixed_s = params["overhead_us"] * 1e-6 + params.get("hop_latency_scale", 1.0) * p.hop_s + quant_s
     if p.op_class == "moe":                  # ops.moe_time: the streaming kernels after the grouped GEMMs
         fixed_s = fixed_s + p.stream_bytes / (p.bandwidth_bytes_s * params["bandwidth_fraction"])
     if params.get("splitk_latency_ns", 0.0):   # ops.gemm_time; GEMM points carry k in ``units``
@@ -230,7 +240,7 @@ def fit_points(p: Points) -> dict:
     if p.op_class == "gemm" and p.wave_rows.any():
         fixed = {**fixed, "wave_tile": {"rows": int(p.wave_rows.max()), "cols": int(p.wave_cols.max())},
                  "concurrent_blocks": float(p.sms.max())}
-    if p.op_class == "elementwise" and p.sms.any():
+    if p.op_class in ("elementwise", "gemm_fp8") and p.sms.any():
         fixed = {**fixed, "concurrent_blocks": float(p.sms.max())}
     stride = -(-len(p) // SUBSET_POINTS)
     coarse = _loss(p.take(np.arange(0, len(p), stride)), names, fixed)

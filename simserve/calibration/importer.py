@@ -29,6 +29,8 @@ VIDUR_NETWORK = {"a100-sxm-80gb": "a100_dgx", "h100-sxm-80gb": "h100_dgx", "a40-
 VIDUR_OPS = ("emb", "input_layernorm", "attn_pre_proj", "attn_rope", "attn_post_proj",
              "post_attention_layernorm", "mlp_up_proj", "mlp_act", "mlp_down_proj", "add")
 MS = 1e-3
+# GEMM tables kept: bf16, and vLLM's per-tensor FP8 linear (CutlassFP8ScaledMMLinearKernel, H100 only)
+GEMM_DTYPES = {"bfloat16": "bf16", "fp8": "fp8"}
 
 
 def _write(df: pd.DataFrame, name: str, dest: Path) -> None:
@@ -42,8 +44,8 @@ def _aic_gemm(src: Path) -> pd.DataFrame:
     parts = []
     for hw, (gpu, fw, _) in AIC.items():
         d = pd.read_parquet(src / "aiconfigurator" / gpu / "gemm" / fw / "gemm_perf.parquet")
-        d = d[d.gemm_dtype == "bfloat16"]
-        parts.append(pd.DataFrame({"hardware": hw, "dtype": "bf16", "m": d.m, "n": d.n, "k": d.k,
+        d = d[d.gemm_dtype.isin(list(GEMM_DTYPES))]
+        parts.append(pd.DataFrame({"hardware": hw, "dtype": d.gemm_dtype.map(GEMM_DTYPES), "m": d.m, "n": d.n, "k": d.k,
                                    "latency_s": d.latency * MS}))
     return pd.concat(parts)
 

@@ -12,6 +12,9 @@ from ..config.yamlio import load_file, loads
 from ..hardware import HardwareProfile
 from .dataset import OP_CLASSES
 
+# Classes a device may lack (no FP8 tensor cores): its profile then has no line for them and the step model
+# prices those kernels with the gemm parameters (hardware.Efficiency).
+OPTIONAL_CLASSES = ("gemm_fp8",)
 DATA_DATE = "2026-12-03"    # when the measurements were imported into the repo (see data/README.md)
 METHOD = ("simserve calibrate: least mean |log(pred/measured)| per operator class (numpy Nelder-Mead); "
           "{basis}; 5-fold held-out error by shape, see docs/calibration.md")
@@ -31,7 +34,8 @@ CARRY_OVER = {
                                     "their peaks and the same overheads as on the measured H100 (NVLS all-reduce "
                                     "included, at the H100's fraction of NVLink5), the H100's 128-row GEMM tiles, and per-token "
                                     "streaming kernels the H100's per-block rate and concurrency (148 SMs against "
-                                    "132: pessimistic; no l2_cache_mb in its profile, so no L2 speedup either)"),
+                                    "132: pessimistic; no l2_cache_mb in its profile, so no L2 speedup either), and FP8 linear layers as vLLM's "
+                                    "Hopper ones (H100's CUTLASS tiles over 132 SMs)"),
     "groq-lpu": ("h100-sxm-80gb", _DATAFLOW),
     "cerebras-cs3": ("h100-sxm-80gb", _DATAFLOW),
 }
@@ -63,17 +67,17 @@ def _op_line(name: str, params: dict) -> str:
 
 
 def efficiency_block(params: dict[str, dict], step_overhead_us: float, comment: str) -> list[str]:
-    missing = [oc for oc in OP_CLASSES if oc not in params]
+    missing = [oc for oc in OP_CLASSES if oc not in params and oc not in OPTIONAL_CLASSES]
     if missing:
         raise ValueError(f"no parameters for {', '.join(missing)}: calibrate the device they are carried over from too")
     lines = [f"efficiency:           # {comment}"]
-    lines += [_op_line(oc, params[oc]) for oc in OP_CLASSES]
+    lines += [_op_line(oc, params[oc]) for oc in OP_CLASSES if oc in params]
     lines.append(f"  step_overhead_us: {step_overhead_us!r}")
     return lines
 
 
 def calibration_block(calibrated: bool, method: str, data_sha256: str | None, p90: float | None,
-                      moe_p90: float | None = None) -> list[str]:
+                      moe_p90: float | None = None, fp8_p90: float | None = None) -> list[str]:
     lines = ["calibration:", f"  calibrated: {'true' if calibrated else 'false'}", f"  method: {_quote(method)}"]
     if data_sha256 is not None:
         lines += [f"  data_sha256: {_quote(data_sha256)}", f"  date: {_quote(DATA_DATE)}"]
@@ -81,13 +85,15 @@ def calibration_block(calibrated: bool, method: str, data_sha256: str | None, p9
         lines.append(f"  heldout_p90_abs_pct_err: {p90:.1f}")
     if moe_p90 is not None:
         lines.append(f"  moe_heldout_p90_abs_pct_err: {moe_p90:.1f}")
+    if fp8_p90 is not None:
+        lines.append(f"  fp8_heldout_p90_abs_pct_err: {fp8_p90:.1f}")
     return lines
 
 
-def moe_p90(result, hw: str) -> float | None:
-    """Held-out p90 of the fused MoE class on ``hw``, or on the device it carries the class over from."""
-    source = result.report["carried_over"].get(hw, {}).get("moe", hw)
-    fit = result.report["fit"].get(source, {}).get("moe")
+def class_p90(result, hw: str, op_class: str) -> float | None:
+    """Held-out p90 of one operator class on ``hw``, or on the device it carries the class over from."""
+    source = result.report["carried_over"].get(hw, {}).get(op_class, hw)
+    fit = result.report["fit"].get(source, {}).get(op_class)
     return None if fit is None else float(fit["p90_abs_pct_err"])
 
 
@@ -150,7 +156,7 @@ def write_profiles(result, profiles_dir: Path) -> list[Path]:
                                                "kernels' (MoE models' error bands take the larger)")
         eff = efficiency_block(params, _step_overhead(path), "fitted by `simserve calibrate`; see calibration")
         _rewrite(path, eff, calibration_block(True, method, result.data_sha256, step_time_p90(result, hw),
-                                              moe_p90(result, hw)))
+                                              class_p90(result, hw, "moe"), class_p90(result, hw, "gemm_fp8")))
         written.append(path)
     return written
 
@@ -159,6 +165,8 @@ def carried_params(source: dict[str, dict], plain: bool) -> dict[str, dict]:
     """A measured device's parameters for an unmeasured one; ``plain`` drops overheads and shape terms."""
     out = {}
     for oc, p in source.items():
+        if plain and oc == "gemm_fp8":      # a dataflow chip runs no CUTLASS tiles (and has no FP8 peak in its profile)
+            continue
         q = {f: p.get(f, _DEFAULTS.get(f)) for f in _FIELDS}
         if plain:
             q.update(overhead_us=0.0, unit_overhead_ns=0.0, hop_latency_scale=1.0, row_bandwidth_gb_s=None,
@@ -182,6 +190,7 @@ def write_carryover_profiles(result, profiles_dir: Path, targets: dict = CARRY_O
                   f"heldout_p90_abs_pct_err (and moe_heldout_p90_abs_pct_err) is {source}'s")
         eff = efficiency_block(params, _step_overhead(path), f"not measured: carried over from {source}")
         _rewrite(path, eff, calibration_block(False, method, None, step_time_p90(result, source),
-                                              moe_p90(result, source)))
+                                              class_p90(result, source, "moe"),
+                                              class_p90(result, source, "gemm_fp8") if "gemm_fp8" in params else None))
         written.append(path)
     return written

@@ -17,7 +17,8 @@ import pandas as pd
 from ..hardware import load_profile
 from ..model import catalog_names, load_model
 from . import iteration, stack_layers
-from .dataset import DATA_DIR, MEASURED_HARDWARE, OP_CLASSES, Dataset, Points, load_dataset, points_for, vidur_layer_rows
+from .dataset import (DATA_DIR, MEASURED_HARDWARE, OP_CLASSES, Dataset, Points, load_dataset, points_for, runs_class,
+                      vidur_layer_rows)
 from .fit import K_FOLDS, SEED, abs_pct_err, aggregate, fit_points, heldout_predictions, predict_s
 
 AIC, VIDUR = "aiconfigurator", "vidur"
@@ -133,6 +134,8 @@ def run_calibration(hardware_names=None, data_dir: Path = DATA_DIR) -> Calibrati
         profile_rows, stack_rows = {}, {}
         for oc in OP_CLASSES:
             res = fitted[hw][oc]
+            if res is None and not runs_class(load_profile(hw), oc):
+                continue                                  # e.g. FP8 GEMMs on a GPU without FP8 tensor cores
             if res is None:
                 source_hw = CARRY_WITHIN.get(hw)
                 report["carried_over"][hw][oc] = source_hw

@@ -259,6 +259,52 @@ def gemm_wave_fill(m, n, tile_rows: int, tile_cols: int, slots: float):
     return fill if isinstance(m, np.ndarray) or isinstance(n, np.ndarray) else float(fill)
 
 
+FP8_QUANT_BYTES_PER_ELEMENT = 3.0   # vLLM's static FP8 input quantization: a 16-bit element read, one byte written
+
+
+def fp8_gemm_tiles(m, n):
+    """(tiles, tile rows, tile columns) of vLLM's CUTLASS FP8 GEMM on Hopper (``cutlass_gemm_sm90_fp8_dispatch``,
+    by m rounded up to a power of two): up to 64 rows, 64 x 64 tiles in clusters of 8 along n; up to 128 rows,
+    64 x 128 tiles; above, 128 x 128 tiles; both in clusters of 2 along the tokens. A cluster launch covers
+    whole clusters. Scalars or numpy arrays (numpy results)."""
+    m, n = np.asarray(m, dtype=float), np.asarray(n, dtype=float)
+    small = m <= 64
+    tm, tn = np.where(m > 128, 128.0, 64.0), np.where(small, 64.0, 128.0)
+    cm, cn = np.where(small, 1.0, 2.0), np.where(small, 8.0, 1.0)
+    tiles = np.ceil(np.ceil(m / tm) / cm) * cm * np.ceil(np.ceil(n / tn) / cn) * cn
+    return tiles, tm, tn
+
+
+def fp8_wave_flops(m, n, k, slots: float):
+    """FLOPs vLLM's FP8 GEMM grid costs in tensor-core time: its persistent scheduler runs whole tiles in whole
+    waves of ``slots`` (one per SM), with no split of k, so a grid below one wave leaves SMs idle and the time is
+    ``waves x`` one tile's: ``waves x slots x 2 x tile rows x tile columns x k``."""
+    tiles, tm, tn = fp8_gemm_tiles(m, n)
+    return np.maximum(1.0, np.ceil(tiles / slots)) * slots * 2.0 * tm * tn * k
+
+
+def fp8_quant_s(m, k, bandwidth_bytes_s: float, eff: OpEfficiency):
+    """vLLM's static FP8 quantization of the (m x k) activation before the GEMM (``static_scaled_fp8_quant``, one
+    thread block per token): its bytes at the achievable bandwidth or, when longer, its rows in
+    ``max(1, m / concurrent_blocks)`` waves, a block moving its row at ``row_bandwidth_gb_s``."""
+    bytes_ = FP8_QUANT_BYTES_PER_ELEMENT * m * k
+    waves = np.maximum(1.0, np.asarray(m, dtype=float) / eff.concurrent_blocks)
+    row_s = waves * FP8_QUANT_BYTES_PER_ELEMENT * k / (eff.row_bandwidth_gb_s * 1e9)
+    return np.maximum(bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction), row_s)
+
+
+def fp8_linear_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float, peak_flops_s: float,
+                    bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
+    """A linear layer with FP8 activations as vLLM runs it on Hopper (W8A8-FP8, per-tensor scales): the input
+    quantized to FP8 (:func:`fp8_quant_s`), then CUTLASS's FP8 GEMM, its roofline over whole waves of its tiles
+    (:func:`fp8_wave_flops`, ``concurrent_blocks`` tiles at once) plus a fixed ``overhead_us``. ``OpTime.flops``
+    is the product's own FLOPs."""
+    overhead_s = eff.overhead_us * 1e-6 + float(fp8_quant_s(m, k, bandwidth_bytes_s, eff))
+    t = _roofline(float(fp8_wave_flops(m, n, k, eff.concurrent_blocks)), gemm_bytes(m, n, k, weight_bytes, act_bytes),
+                  peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
+    return OpTime(t.time_s, t.bound, gemm_flops(m, n, k), t.bytes)
+
+
 def gemm_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float,
               peak_flops_s: float, bandwidth_bytes_s: float, eff: OpEfficiency) -> OpTime:
     """The roofline over the rows the tensor cores multiply (:func:`gemm_rows`: whole ``row_tile`` tiles), plus a

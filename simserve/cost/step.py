@@ -101,6 +101,11 @@ class RooflineStep:
         self.ep_link_bw_bytes_s = ep_link.bandwidth_gb_s * 1e9
         self.ep_link_latency_s = ep_link.latency_us * 1e-6
         self.peak_flops_s = hw.peak_flops_s(precision.compute_dtype)      # GEMMs
+        # FP8 activations run vLLM's FP8 linear layers (input quantization, CUTLASS FP8 GEMM: ops.fp8_linear_time)
+        # where the profile has their fitted efficiency; otherwise the GEMM model at the FP8 peak
+        fp8 = precision.compute_dtype == "fp8" and hw.efficiency.gemm_fp8 is not None
+        self._linear = ops.fp8_linear_time if fp8 else ops.gemm_time
+        self._linear_eff = hw.efficiency.gemm_fp8 if fp8 else hw.efficiency.gemm
         self.attn_flops_s = hw.peak_flops_s(precision.attention_dtype)    # attention, element-wise
         self.bw_bytes_s = hw.weight_bandwidth_bytes_s
         self.l2_bytes = (hw.l2_cache_mb or 0.0) * 1e6   # streaming kernels' L2 (ops.streaming_s)
@@ -144,9 +149,9 @@ class RooflineStep:
         norm = ops.elementwise_time(T, m.hidden_size, ops.RMS_NORM, ab, pa, bw, e.elementwise, l2)
         out: list[tuple[str, ops.OpTime]] = [
             ("input_norm", norm),
-            ("qkv_proj", ops.gemm_time(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, e.gemm)),
+            ("qkv_proj", self._linear(T, self.qkv_n, m.hidden_size, wb, ab, pk, bw, self._linear_eff)),
             ("rope", ops.elementwise_time(T, (self.heads + self.kv_heads) * d, ops.ROTARY, ab, pa, bw, e.elementwise, l2)),
-            ("o_proj", ops.gemm_time(T, m.hidden_size, self.o_k, wb, ab, pk, bw, e.gemm)),
+            ("o_proj", self._linear(T, m.hidden_size, self.o_k, wb, ab, pk, bw, self._linear_eff)),
         ]
         allreduce = None if self.tp == 1 else ops.allreduce_time(
             T * m.hidden_size * ab, self.tp, self.link_bw_bytes_s, self.link_latency_s, e.allreduce,
@@ -220,8 +225,9 @@ class RooflineStep:
             up_n = (m.ffn_matrices - 1) * self.ffn_n
             act = ops.elementwise_time(T, self.ffn_n, ops.activation_kernel(m.ffn_matrices), ab, pa, bw, e.elementwise,
                                        self.l2_bytes)
-            return [("ffn_up", ops.gemm_time(T, up_n, m.hidden_size, wb, ab, pk, bw, e.gemm)), ("ffn_act", act),
-                    ("ffn_down", ops.gemm_time(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, e.gemm))]
+            lin, eff = self._linear, self._linear_eff
+            return [("ffn_up", lin(T, up_n, m.hidden_size, wb, ab, pk, bw, eff)), ("ffn_act", act),
+                    ("ffn_down", lin(T, m.hidden_size, self.ffn_n, wb, ab, pk, bw, eff))]
         # MoE: vLLM's fused experts kernel sequence (ops.moe_work: T*k token-expert pairs, T*k/ep on each of
         # ep devices, times the imbalance on the busiest; the touched experts' weights read once each; every
         # expert's rows padded to whole row blocks), priced with the moe efficiency (the GEMM one when a
