@@ -57,7 +57,7 @@ def tile_parity(ds, hw: str, lo: int = 3, hi: int = 40) -> tuple[float, float, i
 
 def row_steps(ds, hw: str, boundaries=(128, 256, 512, 768, 1024, 2048)) -> list[tuple[int, float, float]]:
     g = ds.tables["aic_gemm"]
-    g = g[(g.hardware == hw) & (g.n >= 1024) & (g.k >= 1024)]
+    g = g[(g.hardware == hw) & (g.dtype == "bf16") & (g.n >= 1024) & (g.k >= 1024)]
     t = g.pivot_table(index=["n", "k"], columns="m", values="latency_s")
     out = []
     for m in boundaries:
@@ -107,7 +107,7 @@ def wave_plateaus(ds, hw: str, tile=(128, 256)) -> dict[str, tuple[float, float,
     counts of one aiconfigurator weight, both from 256 rows and above one wave of ``tile`` tiles."""
     sms = float(load_profile(hw).sm_count)
     g = ds.tables["aic_gemm"]
-    g = g[(g.hardware == hw) & (g.n >= 1024) & (g.k >= 1024)]
+    g = g[(g.hardware == hw) & (g.dtype == "bf16") & (g.n >= 1024) & (g.k >= 1024)]
     t = g.groupby(["n", "k", "m"]).latency_s.median().reset_index()
     out: dict[str, list] = {"same waves": [], "more waves": []}
     for (n, _), s in t.groupby(["n", "k"]):
