@@ -85,10 +85,11 @@ def occupancy(blocks, eff: OpEfficiency):
 
 def wave_occupancy(blocks, slots: float):
     """``blocks / (slots x waves)`` for ``ceil(blocks / slots)`` whole waves (at least one) of ``slots`` thread
-    blocks at a time; 1 for ``blocks <= 0``. Scalars or numpy arrays (a numpy result)."""
-    b = np.asarray(blocks, dtype=float)
-    waves = np.maximum(1.0, np.ceil(b / slots))
-    return np.where(b > 0, b / (slots * waves), 1.0)
+    blocks at a time; 1 for ``blocks <= 0``. Scalars or numpy arrays."""
+    if not isinstance(blocks, np.ndarray):          # the step model: one kernel at a time, no numpy call
+        return blocks / (slots * max(1.0, math.ceil(blocks / slots))) if blocks > 0 else 1.0
+    waves = np.maximum(1.0, np.ceil(blocks / slots))
+    return np.where(blocks > 0, blocks / (slots * waves), 1.0)
 
 
 def attention_time(flops: float, bytes_: float, work_units: float, peak_flops_s: float, bandwidth_bytes_s: float,
@@ -254,9 +255,8 @@ def gemm_wave_fill(m, n, tile_rows: int, tile_cols: int, slots: float):
     ``ceil(tiles / slots)`` whole waves and its compute is slowed by ``tiles / (slots x waves)``. A grid of one
     wave or less is not slowed: cuBLAS fills the device there with smaller tiles or a split of k (the row tiles
     and the sqrt(k) latency of :func:`gemm_time`). Scalars or numpy arrays."""
-    tiles = np.ceil(np.asarray(m, dtype=float) / tile_rows) * np.ceil(np.asarray(n, dtype=float) / tile_cols)
-    fill = np.where(tiles > slots, wave_occupancy(tiles, slots), 1.0)
-    return fill if isinstance(m, np.ndarray) or isinstance(n, np.ndarray) else float(fill)
+    tiles = _ceil(m / tile_rows) * _ceil(n / tile_cols)
+    return _where(tiles > slots, wave_occupancy(tiles, slots), 1.0)
 
 
 FP8_QUANT_BYTES_PER_ELEMENT = 3.0   # vLLM's static FP8 input quantization: a 16-bit element read, one byte written
@@ -266,13 +266,11 @@ def fp8_gemm_tiles(m, n):
     """(tiles, tile rows, tile columns) of vLLM's CUTLASS FP8 GEMM on Hopper (``cutlass_gemm_sm90_fp8_dispatch``,
     by m rounded up to a power of two): up to 64 rows, 64 x 64 tiles in clusters of 8 along n; up to 128 rows,
     64 x 128 tiles; above, 128 x 128 tiles; both in clusters of 2 along the tokens. A cluster launch covers
-    whole clusters. Scalars or numpy arrays (numpy results)."""
-    m, n = np.asarray(m, dtype=float), np.asarray(n, dtype=float)
+    whole clusters. Scalars or numpy arrays."""
     small = m <= 64
-    tm, tn = np.where(m > 128, 128.0, 64.0), np.where(small, 64.0, 128.0)
-    cm, cn = np.where(small, 1.0, 2.0), np.where(small, 8.0, 1.0)
-    tiles = np.ceil(np.ceil(m / tm) / cm) * cm * np.ceil(np.ceil(n / tn) / cn) * cn
-    return tiles, tm, tn
+    tm, tn = _where(m > 128, 128.0, 64.0), _where(small, 64.0, 128.0)
+    cm, cn = _where(small, 1.0, 2.0), _where(small, 8.0, 1.0)
+    return _ceil(_ceil(m / tm) / cm) * cm * _ceil(_ceil(n / tn) / cn) * cn, tm, tn
 
 
 def fp8_wave_flops(m, n, k, slots: float):
@@ -280,17 +278,15 @@ def fp8_wave_flops(m, n, k, slots: float):
     waves of ``slots`` (one per SM), with no split of k, so a grid below one wave leaves SMs idle and the time is
     ``waves x`` one tile's: ``waves x slots x 2 x tile rows x tile columns x k``."""
     tiles, tm, tn = fp8_gemm_tiles(m, n)
-    return np.maximum(1.0, np.ceil(tiles / slots)) * slots * 2.0 * tm * tn * k
+    return _maximum(1.0, _ceil(tiles / slots)) * slots * 2.0 * tm * tn * k
 
 
 def fp8_quant_s(m, k, bandwidth_bytes_s: float, eff: OpEfficiency):
-    """vLLM's static FP8 quantization of the (m x k) activation before the GEMM (``static_scaled_fp8_quant``, one
-    thread block per token): its bytes at the achievable bandwidth or, when longer, its rows in
-    ``max(1, m / concurrent_blocks)`` waves, a block moving its row at ``row_bandwidth_gb_s``."""
-    bytes_ = FP8_QUANT_BYTES_PER_ELEMENT * m * k
-    waves = np.maximum(1.0, np.asarray(m, dtype=float) / eff.concurrent_blocks)
-    row_s = waves * FP8_QUANT_BYTES_PER_ELEMENT * k / (eff.row_bandwidth_gb_s * 1e9)
-    return np.maximum(bytes_ / (bandwidth_bytes_s * eff.bandwidth_fraction), row_s)
+    """vLLM's static FP8 quantization of the (m x k) activation before the GEMM (``static_scaled_fp8_quant``): a
+    streaming kernel with one thread block per token (:func:`streaming_s`: its bytes at the achievable bandwidth
+    or, when longer, its rows in waves of ``concurrent_blocks`` at ``row_bandwidth_gb_s``). No FLOPs to speak of,
+    and no launch cost of its own: the linear layer's ``overhead_us`` covers both kernels."""
+    return streaming_s(m, 0.0, FP8_QUANT_BYTES_PER_ELEMENT * m * k, True, 0.0, 0.0, 1.0, bandwidth_bytes_s, eff)
 
 
 def fp8_linear_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float, peak_flops_s: float,
@@ -303,6 +299,11 @@ def fp8_linear_time(m: float, n: float, k: float, weight_bytes: float, act_bytes
     t = _roofline(float(fp8_wave_flops(m, n, k, eff.concurrent_blocks)), gemm_bytes(m, n, k, weight_bytes, act_bytes),
                   peak_flops_s, bandwidth_bytes_s, eff, overhead_s)
     return OpTime(t.time_s, t.bound, gemm_flops(m, n, k), t.bytes)
+
+
+def _ceil(x):
+    """``np.ceil`` for arrays, ``math.ceil`` (as a float) for a scalar."""
+    return np.ceil(x) if isinstance(x, np.ndarray) else float(math.ceil(x))
 
 
 def gemm_time(m: float, n: float, k: float, weight_bytes: float, act_bytes: float,
